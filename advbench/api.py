@@ -1,0 +1,232 @@
+"""The base classes a plugin subclasses, and the run context the harness hands to every method.
+
+Conventions every component follows (the harness relies on them):
+- images are float tensors in [0, 1], shape N x C x H x W; labels are int64 tensors of shape N;
+- a victim model takes such images and normalizes them itself;
+- the harness owns the device, the batch size and the seeds: a method asks ``ctx`` for them and never
+  touches the global random state;
+- options are a pydantic model (``Options``) declared on the class, validated before anything runs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from typing import Any, Callable, ClassVar, Iterable, Iterator, Optional, Sequence
+
+import torch
+from pydantic import BaseModel, ConfigDict
+from torch import nn
+
+
+class Options(BaseModel):
+    """Base of every plugin's options: unknown keys are rejected, so a typo in a suite fails before a run."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Component:
+    """Common part of every plugin class.
+
+    ``name`` is what a suite writes; ``revision`` is bumped whenever a change alters results, so cached
+    artifacts made by the older code are not reused (the distribution's version is part of the key too).
+    """
+
+    kind: ClassVar[str] = ""
+    name: ClassVar[str] = ""
+    description: ClassVar[str] = ""
+    aliases: ClassVar[tuple[str, ...]] = ()
+    revision: ClassVar[str] = "1"
+    Options: ClassVar[type[Options]] = Options
+
+    def __init__(self, options: Optional[Options] = None, **kwargs: Any) -> None:
+        self.options = options if options is not None else type(self).Options(**kwargs)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.options!r})"
+
+
+@dataclass
+class RunContext:
+    """What the harness gives a method: device, batch size, a seed, and a progress reporter."""
+
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    batch_size: int = 128
+    seed: int = 0
+    progress: Optional[Callable[[Iterable, str, Optional[int]], Iterable]] = None
+
+    def derive_seed(self, *salt: Any) -> int:
+        """A seed for one purpose, stable across runs: the suite seed hashed with the salt."""
+        text = repr((self.seed,) + tuple(salt)).encode()
+        return int.from_bytes(hashlib.sha256(text).digest()[:8], "little") & 0x7FFF_FFFF_FFFF_FFFF
+
+    def generator(self, *salt: Any, device: Optional[torch.device] = None) -> torch.Generator:
+        """A private torch.Generator seeded for ``salt``; use it instead of the global RNG."""
+        gen = torch.Generator(device=device or "cpu")
+        gen.manual_seed(self.derive_seed(*salt))
+        return gen
+
+    def child(self, *salt: Any) -> "RunContext":
+        """The same context with a seed derived for a sub-task."""
+        return RunContext(self.device, self.batch_size, self.derive_seed(*salt), self.progress)
+
+    def track(self, iterable: Iterable, description: str, total: Optional[int] = None) -> Iterable:
+        """Wrap a long loop so the user sees a progress bar (a no-op when none is attached)."""
+        if self.progress is None:
+            return iterable
+        return self.progress(iterable, description, total)
+
+    def batches(self, *tensors: torch.Tensor, shuffle: bool = False, generator: Optional[torch.Generator] = None,
+                batch_size: Optional[int] = None) -> Iterator[tuple[torch.Tensor, ...]]:
+        """Yield aligned slices of ``tensors`` moved to the device, optionally in a seeded random order."""
+        n = len(tensors[0])
+        size = batch_size or self.batch_size
+        order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
+        for start in range(0, n, size):
+            idx = order[start:start + size]
+            yield tuple(t[idx].to(self.device, non_blocking=True) for t in tensors)
+
+
+@dataclass
+class DataSplits:
+    """A dataset as the harness sees it: CPU tensors, images in [0, 1] NCHW float32, labels int64."""
+
+    train_x: torch.Tensor
+    train_y: torch.Tensor
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+    classes: list[str]
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        return tuple(self.train_x.shape[1:])  # type: ignore[return-value]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+
+class Dataset(Component):
+    """A source of labelled images."""
+
+    kind = "dataset"
+
+    def load(self, ctx: RunContext) -> DataSplits:
+        raise NotImplementedError
+
+
+class Victim(Component):
+    """A classifier architecture with its training recipe. Also used for the mask classifier f2.
+
+    ``build`` returns an untrained ``nn.Module`` that takes [0, 1] inputs and normalizes them itself;
+    ``fit`` trains it in place on CPU tensors (the recipe: optimizer, schedule, augmentation, epochs).
+    """
+
+    kind = "victim"
+
+    def build(self, input_shape: Sequence[int], num_classes: int) -> nn.Module:
+        raise NotImplementedError
+
+    def fit(self, model: nn.Module, train_x: torch.Tensor, train_y: torch.Tensor, ctx: RunContext) -> None:
+        raise NotImplementedError
+
+
+class Interpreter(Component):
+    """An interpretation method g: maps a batch of images to attention masks in [0, 1].
+
+    ``build`` returns the trainable state (e.g. a LAN's mask generator) or None for methods with no
+    training; ``fit`` trains that state against the frozen victim; ``explain`` maps a batch on the device
+    to masks of shape N x C' x H x W with C' either 1 or the input's channel count.
+    """
+
+    kind = "interpreter"
+
+    def build(self, input_shape: Sequence[int], num_classes: int) -> Optional[nn.Module]:
+        return None
+
+    def fit(self, state: Optional[nn.Module], victim: nn.Module, train_x: torch.Tensor, train_y: torch.Tensor,
+            ctx: RunContext) -> None:
+        return None
+
+    def explain(self, state: Optional[nn.Module], victim: nn.Module, x: torch.Tensor, ctx: RunContext) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class Attack(Component):
+    """An evasion attack. ``run`` gets one batch on the device and returns adversarial images in [0, 1].
+
+    The harness does the rest, foolbox-style: batching, device, clipping to [0, 1], and deciding which
+    outputs succeeded (the victim's label changed) and their l-inf, l2 and l0 distances.
+    ``norm`` names the threat model ("linf", "l2" or "l0").
+    """
+
+    kind = "attack"
+    norm: ClassVar[str] = ""
+
+    def run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: RunContext) -> torch.Tensor:
+        raise NotImplementedError
+
+
+@dataclass
+class DetectorEnv:
+    """Everything a detector may use about the protected (target) victim.
+
+    ``explain(x)`` returns the interpreter's masks for a batch on the device and ``mask_classifier`` is f2;
+    both are None for a detector run without an interpreter. ``train_x``/``train_y`` is the victim's
+    training data (CPU), for detectors that fit class statistics on it.
+    """
+
+    victim: nn.Module
+    train_x: torch.Tensor
+    train_y: torch.Tensor
+    num_classes: int
+    explain: Optional[Callable[[torch.Tensor], torch.Tensor]] = None
+    mask_classifier: Optional[nn.Module] = None
+
+
+@dataclass
+class DetectorOutput:
+    """Per-input scores (higher = more likely adversarial) and, where the detector has one, its hard decision."""
+
+    score: torch.Tensor
+    flag: Optional[torch.Tensor] = None
+
+
+class Detector(Component):
+    """An adversarial-input detector.
+
+    ``fit`` sees held-out benign and adversarial images (CPU tensors, disjoint from the evaluation pairs);
+    detectors with nothing to learn ignore them. ``score`` gets one batch on the device.
+    ``needs_interpreter`` says the detector runs once per interpreter (with ``env.explain`` and
+    ``env.mask_classifier`` set); ``needs_adversarial_fit`` says ``fit`` needs adversarial examples, so it is
+    fitted per attack.
+    """
+
+    kind = "detector"
+    needs_interpreter: ClassVar[bool] = False
+    needs_adversarial_fit: ClassVar[bool] = False
+
+    def fit(self, env: DetectorEnv, benign_x: torch.Tensor, adversarial_x: torch.Tensor, ctx: RunContext) -> None:
+        return None
+
+    def score(self, env: DetectorEnv, x: torch.Tensor, ctx: RunContext) -> DetectorOutput:
+        raise NotImplementedError
+
+
+class Executor(Component):
+    """Runs a list of independent cells and returns their results in order (a local loop by default)."""
+
+    kind = "executor"
+
+    def map(self, fn: Callable[[Any], Any], cells: Sequence[Any]) -> list[Any]:
+        raise NotImplementedError
+
+
+KINDS: dict[str, type[Component]] = {
+    "dataset": Dataset,
+    "victim": Victim,
+    "interpreter": Interpreter,
+    "attack": Attack,
+    "detector": Detector,
+    "executor": Executor,
+}

@@ -1,0 +1,284 @@
+"""The suite schema and its validation.
+
+A suite is YAML read with ``yaml.safe_load`` and checked in full before anything runs: the structure by the
+pydantic models below, each component's options by its plugin's own ``Options`` model. Every failure becomes a
+``SuiteError`` naming the file, the field path, what was found and what is allowed.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import itertools
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from advbench import plugins
+from advbench.errors import SuiteError
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ComponentSpec(_Strict):
+    """One component of the grid: which plugin, with which options. ``plugin`` defaults to the entry's key."""
+
+    plugin: Optional[str] = None
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+class PairSpec(_Strict):
+    """Adversarial inputs crafted on ``source`` are evaluated against ``target``'s detectors."""
+
+    source: str
+    target: str
+
+
+class EvaluationSpec(_Strict):
+    pairs: list[PairSpec] = Field(min_length=1)
+    n_eval: int = Field(500, ge=1, description="test images attacked for the evaluation pairs")
+    n_fit: int = Field(200, ge=0, description="further test images, disjoint, to fit detectors that learn")
+    filtered: bool = Field(True, description="also report rows on inputs whose benign mask f2 reads correctly")
+
+
+class SuiteSpec(_Strict):
+    name: Optional[str] = None
+    description: str = ""
+    seed: int = Field(0, ge=0)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    batch_size: int = Field(128, ge=1, le=65536)
+    executor: ComponentSpec = Field(default_factory=lambda: ComponentSpec(plugin="local"))
+    dataset: ComponentSpec
+    victims: dict[str, ComponentSpec] = Field(min_length=1)
+    interpreters: dict[str, ComponentSpec] = Field(default_factory=dict)
+    mask_classifier: ComponentSpec = Field(default_factory=lambda: ComponentSpec(plugin="lenet"))
+    attacks: dict[str, ComponentSpec] = Field(min_length=1)
+    detectors: dict[str, ComponentSpec] = Field(min_length=1)
+    evaluation: EvaluationSpec
+    sweep: dict[str, list[Any]] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _pairs_name_victims(self) -> "SuiteSpec":
+        for i, pair in enumerate(self.evaluation.pairs):
+            for role in ("source", "target"):
+                victim = getattr(pair, role)
+                if victim not in self.victims:
+                    raise ValueError(f"evaluation.pairs.{i}.{role}: victim {victim!r} is not in victims "
+                                     f"(defined: {', '.join(self.victims)})")
+        return self
+
+
+# kind of plugin each section holds; mapping sections are name -> spec
+SECTIONS = {
+    "dataset": "dataset",
+    "executor": "executor",
+    "mask_classifier": "victim",
+    "victims": "victim",
+    "interpreters": "interpreter",
+    "attacks": "attack",
+    "detectors": "detector",
+}
+
+
+class Suite:
+    """A validated suite: the raw mapping, the parsed spec and each component's plugin and options."""
+
+    def __init__(self, source: str, raw: dict[str, Any]) -> None:
+        self.source = source
+        self.raw = raw
+        self.spec = _parse(source, raw)
+        self.name = self.spec.name or Path(source).stem
+        self.components: dict[tuple[str, str], tuple[plugins.Registration, Any]] = {}
+        for section, kind in SECTIONS.items():
+            value = getattr(self.spec, section)
+            entries = value.items() if isinstance(value, dict) else [(None, value)]
+            for key, spec in entries:
+                path = section if key is None else f"{section}.{key}"
+                plugin_name = spec.plugin or key
+                if plugin_name is None:
+                    raise SuiteError(source, f"{path}.plugin", f"missing; installed {kind}s: "
+                                     f"{', '.join(plugins.names(kind))}")
+                try:
+                    reg = plugins.lookup(kind, plugin_name)
+                except plugins.PluginError as exc:
+                    raise SuiteError(source, f"{path}.plugin", str(exc)) from None
+                options = _validate_options(source, f"{path}.options", reg, spec.options)
+                self.components[(section, key or "")] = (reg, options)
+        self._check_references()
+
+    def component(self, section: str, key: str = "") -> tuple[plugins.Registration, Any]:
+        return self.components[(section, key)]
+
+    def _check_references(self) -> None:
+        detectors = [self.component("detectors", k)[0].cls for k in self.spec.detectors]
+        if any(d.needs_interpreter for d in detectors) and not self.spec.interpreters:
+            raise SuiteError(self.source, "interpreters", "empty, but a detector needs an interpreter; "
+                             f"installed interpreters: {', '.join(plugins.names('interpreter'))}")
+
+    def with_overrides(self, overrides: list[str], origin: str = "--set") -> "Suite":
+        raw = copy.deepcopy(self.raw)
+        for item in overrides:
+            apply_override(raw, item, f"{self.source} ({origin} {item})")
+        return Suite(self.source, raw)
+
+    def points(self) -> list[tuple[dict[str, Any], "Suite"]]:
+        """The sweep's grid: (swept values, suite with them applied); one point with no values without a sweep."""
+        sweep = self.spec.sweep
+        if not sweep:
+            return [({}, self)]
+        keys = list(sweep)
+        result = []
+        for values in itertools.product(*(sweep[k] for k in keys)):
+            raw = copy.deepcopy(self.raw)
+            raw.pop("sweep", None)
+            for key, value in zip(keys, values):
+                set_path(raw, key, value, f"{self.source} (sweep)")
+            result.append((dict(zip(keys, values)), Suite(self.source, raw)))
+        return result
+
+
+def load_suite(path: str | Path, overrides: Optional[list[str]] = None) -> Suite:
+    source = str(path)
+    try:
+        text = Path(path).read_text()
+    except FileNotFoundError:
+        raise SuiteError(source, "", "no such suite file") from None
+    except OSError as exc:
+        raise SuiteError(source, "", f"cannot read: {exc.strerror}") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise SuiteError(source, "", f"malformed YAML: {where}{problem}") from None
+    if not isinstance(raw, dict):
+        raise SuiteError(source, "", f"a suite must be a mapping of fields, found {type(raw).__name__}")
+    for item in overrides or []:
+        apply_override(raw, item, f"{source} (--set {item})")
+    return Suite(source, raw)
+
+
+def apply_override(raw: dict[str, Any], item: str, source: str) -> None:
+    if "=" not in item:
+        raise SuiteError(source, "", "an override must read path.to.field=value")
+    path, _, text = item.partition("=")
+    try:
+        value = yaml.safe_load(text) if text.strip() else ""
+    except yaml.YAMLError:
+        value = text
+    set_path(raw, path.strip(), value, source)
+
+
+def set_path(raw: dict[str, Any], path: str, value: Any, source: str) -> None:
+    parts = [p for p in path.split(".") if p]
+    if not parts:
+        raise SuiteError(source, path, "empty field path")
+    node: Any = raw
+    for i, part in enumerate(parts[:-1]):
+        if isinstance(node, list):
+            node = _list_item(node, part, source, ".".join(parts[: i + 1]))
+            continue
+        if not isinstance(node, dict):
+            raise SuiteError(source, ".".join(parts[: i + 1]), f"cannot set a field inside a {type(node).__name__}")
+        node = node.setdefault(part, {})
+    last = parts[-1]
+    if isinstance(node, list):
+        index = _index(node, last, source, path)
+        node[index] = value
+    elif isinstance(node, dict):
+        node[last] = value
+    else:
+        raise SuiteError(source, path, f"cannot set a field inside a {type(node).__name__}")
+
+
+def _index(node: list, part: str, source: str, path: str) -> int:
+    if not part.isdigit() or int(part) >= len(node):
+        raise SuiteError(source, path, f"found index {part!r}, allowed 0..{len(node) - 1}")
+    return int(part)
+
+
+def _list_item(node: list, part: str, source: str, path: str) -> Any:
+    return node[_index(node, part, source, path)]
+
+
+def _location(loc: tuple) -> str:
+    return ".".join(str(p) for p in loc)
+
+
+def _describe(error: dict[str, Any], model: type[BaseModel], prefix: str = "") -> tuple[str, str]:
+    """(field path, message) for one pydantic error, with what was found and what is allowed."""
+    loc = error["loc"]
+    path = ".".join(x for x in (prefix, _location(loc)) if x)
+    found = error.get("input")
+    if error["type"] == "extra_forbidden":
+        allowed = _allowed_keys(model, loc[:-1])
+        close = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        return path, f"unknown key; allowed: {', '.join(allowed) or 'none'}{hint}"
+    if error["type"] == "missing":
+        return path, "required field is missing"
+    message = error["msg"]
+    if message.startswith("Value error, "):
+        message = message[len("Value error, "):]
+        if ": " in message and message.split(": ", 1)[0].count(".") >= 1 and not prefix:
+            inner_path, message = message.split(": ", 1)
+            return inner_path, message
+    return path, f"found {_short(found)}; {message[0].lower() + message[1:]}"
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _allowed_keys(model: type[BaseModel], loc: tuple) -> list[str]:
+    """Field names of the (nested) model at ``loc``, following dict values and list items."""
+    current: Any = model
+    for part in loc:
+        if not (isinstance(current, type) and issubclass(current, BaseModel)):
+            return []
+        field = current.model_fields.get(str(part))
+        if field is None:
+            continue  # a dict key or list index: stay on the value type below
+        current = _inner_model(field.annotation)
+    if isinstance(current, type) and issubclass(current, BaseModel):
+        return list(current.model_fields)
+    return []
+
+
+def _inner_model(annotation: Any) -> Any:
+    import typing
+
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in typing.get_args(annotation):
+        found = _inner_model(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def _parse(source: str, raw: dict[str, Any]) -> SuiteSpec:
+    try:
+        return SuiteSpec.model_validate(raw)
+    except ValidationError as exc:
+        path, message = _describe(exc.errors()[0], SuiteSpec)
+        raise SuiteError(source, path, message) from None
+
+
+def _validate_options(source: str, path: str, reg: plugins.Registration, options: dict[str, Any]) -> Any:
+    model = reg.cls.Options
+    try:
+        return model.model_validate(options)
+    except ValidationError as exc:
+        field_path, message = _describe(exc.errors()[0], model, prefix=path)
+        return _raise(source, field_path, f"{message} (plugin {reg.kind} {reg.name!r})")
+
+
+def _raise(source: str, path: str, message: str) -> Any:
+    raise SuiteError(source, path, message)

@@ -1,0 +1,8 @@
+"""Built-in attacks."""
+
+import advbench
+
+
+@advbench.hookimpl
+def register_attacks(register):
+    pass

@@ -1,0 +1,8 @@
+"""Built-in datasets."""
+
+import advbench
+
+
+@advbench.hookimpl
+def register_datasets(register):
+    pass

@@ -1,0 +1,8 @@
+"""Built-in detectors."""
+
+import advbench
+
+
+@advbench.hookimpl
+def register_detectors(register):
+    pass

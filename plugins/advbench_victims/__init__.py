@@ -1,0 +1,8 @@
+"""Built-in victims."""
+
+import advbench
+
+
+@advbench.hookimpl
+def register_victims(register):
+    pass
