@@ -29,6 +29,8 @@ class ComponentSpec(_Strict):
 
     plugin: Optional[str] = None
     options: dict[str, Any] = Field(default_factory=dict)
+    checkpoint: Optional[str] = Field(None, description="victims and mask_classifier: load these weights instead of "
+                                      "training (a state_dict file, loaded with weights_only=True)")
 
 
 class PairSpec(_Strict):
@@ -43,6 +45,7 @@ class EvaluationSpec(_Strict):
     n_eval: int = Field(500, ge=1, description="test images attacked for the evaluation pairs")
     n_fit: int = Field(200, ge=0, description="further test images, disjoint, to fit detectors that learn")
     filtered: bool = Field(True, description="also report rows on inputs whose benign mask f2 reads correctly")
+    mask_train_limit: Optional[int] = Field(None, ge=1, description="train f2 on masks of this many training images")
 
 
 class SuiteSpec(_Strict):
@@ -60,6 +63,7 @@ class SuiteSpec(_Strict):
     detectors: dict[str, ComponentSpec] = Field(min_length=1)
     evaluation: EvaluationSpec
     sweep: dict[str, list[Any]] = Field(default_factory=dict)
+    paper_reference: Optional[dict[str, Any]] = Field(None, description="the paper's own numbers, shown beside ours")
 
     @model_validator(mode="after")
     def _pairs_name_victims(self) -> "SuiteSpec":

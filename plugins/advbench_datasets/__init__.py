@@ -2,7 +2,11 @@
 
 import advbench
 
+from advbench_datasets.cifar10 import Cifar10
+from advbench_datasets.digits import Digits
+
 
 @advbench.hookimpl
 def register_datasets(register):
-    pass
+    register(Cifar10)
+    register(Digits)

@@ -1,0 +1,634 @@
+"""The grid as a line of cached stages:
+
+data -> victims -> interpreters -> masks -> mask classifiers -> adversarial sets -> detection scores
+-> metrics -> report.
+
+Each stage's artifact is stored in the cache under a key made of its canonical configuration, its inputs'
+keys and its plugin's name, distribution version and revision, so a second run reuses everything and a
+changed field recomputes only what depends on it. Long stages (attacks, scores) are cached per chunk, so a
+killed run resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import hashlib
+import json
+import logging
+import platform
+import sys
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable, Iterable, Optional
+
+import torch
+from torch import nn
+
+import advbench
+from advbench import metrics, plugins
+from advbench.api import DataSplits, DetectorEnv, RunContext
+from advbench.cache import Cache, make_key
+from advbench.errors import AdvbenchError
+from advbench.suite import Suite
+
+log = logging.getLogger("advbench.run")
+CHUNK = 256  # images per cached attack / score chunk: the unit a killed run resumes from
+
+
+def resolve_device(requested: str) -> torch.device:
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise AdvbenchError("--device cuda: CUDA is not available on this machine; allowed here: auto, cpu")
+    if requested in ("auto", "cuda") and torch.cuda.is_available():
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+def plugin_identity(reg: plugins.Registration) -> dict[str, str]:
+    return {"name": reg.name, "distribution": reg.distribution, "version": reg.version, "revision": reg.cls.revision}
+
+
+def _options_dict(options: Any) -> dict[str, Any]:
+    return options.model_dump(mode="json")
+
+
+def _tensor_digest(t: torch.Tensor) -> str:
+    return hashlib.sha256(t.contiguous().cpu().numpy().tobytes()).hexdigest()[:16]
+
+
+def _freeze(model: nn.Module, device: torch.device) -> nn.Module:
+    model.to(device).eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
+
+
+@dataclass
+class StageRecord:
+    stage: str
+    label: str
+    seconds: float
+    cached: bool
+
+
+@dataclass
+class Runner:
+    """Runs one suite (one sweep point) and returns its results dict. ``progress`` drives rich bars."""
+
+    suite: Suite
+    run_dir: Path
+    device: torch.device
+    cache: Cache
+    limit: Optional[int] = None
+    progress: Optional[Callable[[Iterable, str, Optional[int]], Iterable]] = None
+    sweep_values: dict[str, Any] = field(default_factory=dict)
+    records: list[StageRecord] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+
+    # ------------------------------------------------------------------ helpers
+    @property
+    def spec(self):
+        return self.suite.spec
+
+    def ctx(self, *salt: Any) -> RunContext:
+        base = RunContext(self.device, self.spec.batch_size, self.spec.seed, self.progress)
+        return base.child(*salt) if salt else base
+
+    def stage(self, stage: str, label: str, key: str, compute: Callable[[], Any]) -> Any:
+        start = time.perf_counter()
+        payload, cached = self.cache.get_or_compute(key, compute, stage=stage, description=label)
+        seconds = time.perf_counter() - start
+        self.records.append(StageRecord(stage, label, round(seconds, 3), cached))
+        log.info("%s %s: %.1fs%s", stage, label, seconds, " (cached)" if cached else "")
+        return payload
+
+    def batched(self, fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, label: str = "",
+                ctx: Optional[RunContext] = None) -> torch.Tensor:
+        """Apply ``fn`` to ``x`` batch by batch on the device; returns a CPU tensor."""
+        ctx = ctx or self.ctx()
+        out = []
+        steps = range(0, len(x), ctx.batch_size)
+        iterator = ctx.track(steps, label, len(steps)) if label else steps
+        for start in iterator:
+            out.append(fn(x[start:start + ctx.batch_size].to(self.device)).detach().cpu())
+        return torch.cat(out) if out else torch.empty(0)
+
+    def predict(self, model: nn.Module, x: torch.Tensor, label: str = "") -> torch.Tensor:
+        with torch.no_grad():
+            return self.batched(lambda b: model(b).argmax(1), x, label)
+
+    # ------------------------------------------------------------------ stages
+    def load_data(self) -> tuple[DataSplits, str]:
+        reg, options = self.suite.component("dataset")
+        key = make_key("dataset", {"options": _options_dict(options)}, [], plugin_identity(reg))
+        start = time.perf_counter()
+        data = reg.cls(options).load(self.ctx("dataset"))
+        self.records.append(StageRecord("data", reg.name, round(time.perf_counter() - start, 3), False))
+        return data, key
+
+    def evaluation_indices(self, data: DataSplits) -> tuple[torch.Tensor, torch.Tensor]:
+        """A fixed, seeded subset of the test set: evaluation images, then disjoint detector-fitting images."""
+        ev = self.spec.evaluation
+        n_eval, n_fit = ev.n_eval, ev.n_fit
+        if self.limit is not None:
+            n_eval, n_fit = min(n_eval, self.limit), min(n_fit, self.limit)
+        n_test = len(data.test_x)
+        n_eval = min(n_eval, n_test)
+        n_fit = min(n_fit, n_test - n_eval)
+        order = torch.randperm(n_test, generator=self.ctx().generator("evaluation-subset"))
+        return order[:n_eval], order[n_eval:n_eval + n_fit]
+
+    def train_classifier(self, section: str, name: str, inputs_key: str, train_x: torch.Tensor,
+                         train_y: torch.Tensor, num_classes: int, checkpoint: Optional[str], label: str,
+                         salt: tuple) -> tuple[nn.Module, str]:
+        """Build and train (or load from ``checkpoint``) a victim-kind component: a victim or the mask classifier."""
+        reg, options = self.suite.component(section, name)
+        field_path = f"{section}.{name}" if name else section
+        classifier = reg.cls(options)
+        input_shape = tuple(train_x.shape[1:])
+        model = classifier.build(input_shape, num_classes)
+        if checkpoint:
+            path = Path(checkpoint).expanduser()
+            if not path.is_file():
+                raise AdvbenchError(f"{self.suite.source}: {field_path}.checkpoint: no such file {str(path)!r}")
+            state = torch.load(path, map_location="cpu", weights_only=True)
+            if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+                state = state["state_dict"]
+            try:
+                model.load_state_dict(state)
+            except (RuntimeError, TypeError, AttributeError) as exc:
+                first = (str(exc).splitlines() or ["not a state_dict"])[0]
+                raise AdvbenchError(f"{self.suite.source}: {field_path}.checkpoint: {str(path)!r} does not fit "
+                                    f"{reg.kind} {reg.name!r}: {first}") from None
+            key = make_key("checkpoint", {"sha256": _file_digest(path)}, [], plugin_identity(reg))
+            return _freeze(model, self.device), key
+        config = {"options": _options_dict(options), "seed": self.spec.seed, "input_shape": list(input_shape),
+                  "num_classes": num_classes}
+        key = make_key(section, config, [inputs_key], plugin_identity(reg))
+
+        def compute() -> dict[str, Any]:
+            classifier.fit(model, train_x, train_y, self.ctx(*salt))
+            return {"state_dict": {k: v.cpu() for k, v in model.state_dict().items()}}
+
+        payload = self.stage("victim" if section == "victims" else "mask-classifier", label, key, compute)
+        model.load_state_dict(payload["state_dict"])
+        return _freeze(model, self.device), key
+
+    def run(self) -> dict[str, Any]:
+        spec = self.spec
+        results: dict[str, Any] = {"victims": {}, "interpreters": [], "attacks": [], "detection": [],
+                                   "worst_case": [], "warnings": []}
+        data, data_key = self.load_data()
+        results["dataset"] = {"plugin": self.suite.component("dataset")[0].name, "classes": data.classes,
+                              "n_train": len(data.train_x), "n_test": len(data.test_x)}
+        eval_idx, fit_idx = self.evaluation_indices(data)
+        results["evaluation"] = {"n_eval": len(eval_idx), "n_fit": len(fit_idx),
+                                 "benign_pairing": "the benign originals of the adversarial inputs counted"}
+        eval_x, eval_y = data.test_x[eval_idx], data.test_y[eval_idx]
+        fit_x, fit_y = data.test_x[fit_idx], data.test_y[fit_idx]
+        subset_key = _tensor_digest(torch.cat([eval_idx, fit_idx]))
+
+        # victims
+        victims: dict[str, nn.Module] = {}
+        victim_keys: dict[str, str] = {}
+        for name, vspec in spec.victims.items():
+            model, key = self.train_classifier("victims", name, data_key, data.train_x, data.train_y,
+                                               data.num_classes, vspec.checkpoint, f"victims.{name}", ("victim", name))
+            victims[name], victim_keys[name] = model, key
+            accuracy = self.stage("metrics", f"clean accuracy {name}", make_key("accuracy", {}, [key, data_key]),
+                                  lambda m=model: {"accuracy": float((self.predict(m, data.test_x, f"accuracy {name}")
+                                                                      == data.test_y).float().mean())})
+            results["victims"][name] = {"plugin": self.suite.component("victims", name)[0].name,
+                                        "clean_accuracy": accuracy["accuracy"]}
+
+        targets = list(dict.fromkeys(p.target for p in spec.evaluation.pairs))
+        sources = list(dict.fromkeys(p.source for p in spec.evaluation.pairs))
+
+        # interpreters and mask classifiers, per target victim
+        detectors_env: dict[tuple[str, Optional[str]], DetectorEnv] = {}
+        env_keys: dict[tuple[str, Optional[str]], str] = {}
+        mask_labels: dict[tuple[str, str], Callable[[torch.Tensor, str], torch.Tensor]] = {}
+        for target in targets:
+            detectors_env[(target, None)] = DetectorEnv(victims[target], data.train_x, data.train_y, data.num_classes)
+            env_keys[(target, None)] = victim_keys[target]
+            for iname in spec.interpreters:
+                env, env_key, row, labeler = self.interpretation(target, iname, victims[target], victim_keys[target],
+                                                                 data, eval_x, eval_y, fit_x)
+                detectors_env[(target, iname)] = env
+                env_keys[(target, iname)] = env_key
+                mask_labels[(target, iname)] = labeler
+                results["interpreters"].append(row)
+
+        # adversarial sets, per (attack, source)
+        adversarial: dict[tuple[str, str], dict[str, torch.Tensor]] = {}
+        for aname in spec.attacks:
+            for source in sources:
+                adv = self.attack(aname, source, victims[source], victim_keys[source], eval_x, eval_y, fit_x, fit_y,
+                                  subset_key)
+                adversarial[(aname, source)] = adv
+                results["attacks"].append(adv["row"])
+
+        # detection
+        for pair in spec.evaluation.pairs:
+            for dname in spec.detectors:
+                dreg, _ = self.suite.component("detectors", dname)
+                interps: list[Optional[str]] = list(spec.interpreters) if dreg.cls.needs_interpreter else [None]
+                for iname in interps:
+                    rows, worst = self.detect(dname, iname, pair.source, pair.target, detectors_env[(pair.target, iname)],
+                                              env_keys[(pair.target, iname)], adversarial, eval_x, eval_y, fit_x,
+                                              mask_labels.get((pair.target, iname)), subset_key)
+                    results["detection"].extend(rows)
+                    results["worst_case"].extend(worst)
+
+        results["warnings"].extend(self.warnings(results))
+        self.gallery = self.build_gallery(targets, detectors_env, mask_labels, adversarial, eval_x, eval_y, data.classes,
+                                          victims)
+        return results
+
+    # ------------------------------------------------------------------ interpretation
+    def interpretation(self, target: str, iname: str, victim: nn.Module, victim_key: str, data: DataSplits,
+                       eval_x: torch.Tensor, eval_y: torch.Tensor, fit_x: torch.Tensor):
+        spec = self.spec
+        ireg, ioptions = self.suite.component("interpreters", iname)
+        interpreter = ireg.cls(ioptions)
+        ctx = self.ctx("interpreter", target, iname)
+        state = interpreter.build(data.input_shape, data.num_classes)
+        ikey = make_key("interpreter", {"options": _options_dict(ioptions), "seed": spec.seed}, [victim_key],
+                        plugin_identity(ireg))
+        if state is not None:
+            def fit_state() -> dict[str, Any]:
+                state.to(self.device).train()
+                interpreter.fit(state, victim, data.train_x, data.train_y, ctx)
+                return {"state_dict": {k: v.cpu() for k, v in state.state_dict().items()}}
+
+            payload = self.stage("interpreter", f"{iname} on {target}", ikey, fit_state)
+            state.load_state_dict(payload["state_dict"])
+            _freeze(state, self.device)
+
+        def explain(x: torch.Tensor) -> torch.Tensor:
+            return interpreter.explain(state, victim, x, ctx).clamp(0, 1)
+
+        limit = spec.evaluation.mask_train_limit
+        train_x, train_y = data.train_x, data.train_y
+        if limit is not None and limit < len(train_x):
+            order = torch.randperm(len(train_x), generator=self.ctx().generator("mask-train-subset"))[:limit]
+            train_x, train_y = train_x[order], train_y[order]
+        mkey = make_key("masks", {"split": "train", "limit": limit}, [ikey])
+        masks = self.stage("masks", f"{iname} on {target}: training masks", mkey, lambda: {
+            "masks": self.batched(explain, train_x, f"masks {iname}/{target} (train)").half()})["masks"]
+
+        creg = self.suite.component("mask_classifier")[0]
+        f2, ckey = self.train_classifier("mask_classifier", "", mkey, masks.float(), train_y, data.num_classes,
+                                         spec.mask_classifier.checkpoint, f"{creg.name} on {iname}/{target} masks",
+                                         ("mask-classifier", target, iname))
+
+        def f2_labels(x: torch.Tensor, label: str) -> torch.Tensor:
+            return self.predict(nn.Sequential(_Explain(explain), f2), x, label)
+
+        # f2 accuracy on the benign evaluation masks
+        bkey = make_key("mask-labels", {"set": "eval"}, [ckey])
+        benign_f2 = self.stage("masks", f"{iname} on {target}: evaluation mask labels", bkey,
+                               lambda: {"labels": f2_labels(eval_x, f"f2 labels {iname}/{target}")})["labels"]
+        accuracy = float((benign_f2 == eval_y).float().mean()) if len(eval_y) else None
+        counts = torch.bincount(benign_f2, minlength=data.num_classes)
+        majority = float(counts.max() / max(1, len(benign_f2))) if len(benign_f2) else None
+        row = {"victim": target, "interpreter": iname, "plugin": ireg.name, "mask_classifier": creg.name,
+               "mask_classifier_accuracy": accuracy, "majority_class_share": majority,
+               "n_train_masks": len(masks), "mask_channels": int(masks.shape[1]), **self._sweep()}
+        env = DetectorEnv(victim, data.train_x, data.train_y, data.num_classes, explain=explain, mask_classifier=f2)
+        return env, ckey, row, f2_labels
+
+    # ------------------------------------------------------------------ attacks
+    def attack(self, aname: str, source: str, model: nn.Module, victim_key: str, eval_x, eval_y, fit_x, fit_y,
+               subset_key: str) -> dict[str, Any]:
+        areg, aoptions = self.suite.component("attacks", aname)
+        attack = areg.cls(aoptions)
+        x = torch.cat([eval_x, fit_x])
+        y = torch.cat([eval_y, fit_y])
+        config = {"options": _options_dict(aoptions), "seed": self.spec.seed, "batch_size": self.spec.batch_size,
+                  "subset": subset_key}
+        base_key = make_key("adversarial", config, [victim_key], plugin_identity(areg))
+        chunks = []
+        starts = list(range(0, len(x), CHUNK))
+        label = f"{aname} on {source}"
+        start_time = time.perf_counter()
+        cached_all = True
+        for start in self.ctx().track(starts, f"attack {label}", len(starts)):
+            chunk_key = make_key("adversarial-chunk", {"start": start, "size": CHUNK}, [base_key])
+            payload = self.cache.load(chunk_key)
+            if payload is None:
+                cached_all = False
+                xs, ys = x[start:start + CHUNK], y[start:start + CHUNK]
+                payload = {"x": self._run_attack(attack, model, xs, ys, self.ctx("attack", aname, source, start))}
+                self.cache.save(chunk_key, payload, stage="adversarial", description=f"{label} [{start}:]")
+            chunks.append(payload["x"])
+        self.records.append(StageRecord("adversarial", label, round(time.perf_counter() - start_time, 3), cached_all))
+        x_adv = torch.cat(chunks) if chunks else torch.empty_like(x)
+        pred_clean = self.predict(model, x)
+        pred_adv = self.predict(model, x_adv)
+        # an attack succeeds on an input the victim classified correctly and now misclassifies
+        success = (pred_clean == y) & (pred_adv != y)
+        delta = (x_adv - x).flatten(1)
+        n_eval = len(eval_x)
+        ok = success[:n_eval]
+        d = delta[:n_eval][ok]
+        row = {"attack": aname, "plugin": areg.name, "norm": areg.cls.norm, "source": source, "n": n_eval,
+               "n_success": int(ok.sum()),
+               "success_rate": float(ok.float().mean()) if n_eval else None,
+               "n_correct": int((pred_clean[:n_eval] == y[:n_eval]).sum()),
+               "mean_linf": float(d.abs().amax(1).mean()) if len(d) else None,
+               "mean_l2": float(d.norm(dim=1).mean()) if len(d) else None,
+               "mean_l0": float((d.abs() > 1e-6).float().sum(1).mean()) if len(d) else None,
+               "l0_unit": "input elements (C x H x W) changed by more than 1e-6",
+               **self._sweep()}
+        return {"x_adv": x_adv, "success": success, "pred_adv": pred_adv, "key": base_key, "row": row}
+
+    def _run_attack(self, attack, model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: RunContext) -> torch.Tensor:
+        out = []
+        for start in range(0, len(x), ctx.batch_size):
+            xb = x[start:start + ctx.batch_size].to(self.device)
+            yb = y[start:start + ctx.batch_size].to(self.device)
+            adv = attack.run(model, xb, yb, ctx.child(start)).detach()
+            if adv.shape != xb.shape:
+                raise AdvbenchError(f"attack {attack.name!r} returned shape {tuple(adv.shape)} for input "
+                                    f"{tuple(xb.shape)}")
+            out.append(adv.clamp(0, 1).cpu())
+        return torch.cat(out)
+
+    # ------------------------------------------------------------------ detection
+    def detect(self, dname: str, iname: Optional[str], source: str, target: str, env: DetectorEnv, env_key: str,
+               adversarial, eval_x, eval_y, fit_x, f2_labels, subset_key: str):
+        dreg, doptions = self.suite.component("detectors", dname)
+        rows, worst_inputs = [], {}
+        n_eval = len(eval_x)
+        benign_cache: dict[str, Any] = {}
+        for aname in self.spec.attacks:
+            adv = adversarial[(aname, source)]
+            detector = dreg.cls(doptions)
+            ctx = self.ctx("detector", dname, iname, target)
+            fit_success = adv["success"][n_eval:]
+            fit_adv = adv["x_adv"][n_eval:][fit_success] if dreg.cls.needs_adversarial_fit else fit_x[:0]
+            fit_on = [env_key, subset_key] + ([adv["key"]] if dreg.cls.needs_adversarial_fit else [])
+            key = make_key("scores", {"options": _options_dict(doptions), "seed": self.spec.seed}, fit_on,
+                           plugin_identity(dreg))
+            label = f"{dname}{'/' + iname if iname else ''} on {target}, {aname} from {source}"
+
+            def compute() -> dict[str, Any]:
+                detector.fit(env, fit_x, fit_adv, ctx)
+                benign = self._score(detector, env, eval_x, ctx, f"score benign ({label})")
+                adversarial_out = self._score(detector, env, adv["x_adv"][:n_eval], ctx, f"score adversarial ({label})")
+                return {"benign": benign, "adversarial": adversarial_out}
+
+            scores = self.stage("scores", label, make_key("scores-for", {}, [key, adv["key"]]), compute)
+            labels = None
+            if f2_labels is not None:
+                lkey = make_key("mask-labels", {"set": "adversarial"}, [env_key, adv["key"]])
+                labels = self.stage("masks", f"f2 labels {iname}/{target} on {aname} from {source}", lkey, lambda: {
+                    "labels": f2_labels(adv["x_adv"][:n_eval], f"f2 labels {aname}/{source}")})["labels"]
+                if "benign" not in benign_cache:
+                    bkey = make_key("mask-labels", {"set": "eval"}, [env_key])
+                    benign_cache["benign"] = self.stage("masks", f"f2 labels {iname}/{target} benign", bkey, lambda: {
+                        "labels": f2_labels(eval_x, f"f2 labels benign {iname}/{target}")})["labels"]
+            success = adv["success"][:n_eval]
+            worst_inputs[aname] = (scores, success)
+            for subset in ("all", "filtered") if (labels is not None and self.spec.evaluation.filtered) else ("all",):
+                keep = torch.ones(n_eval, dtype=torch.bool)
+                if subset == "filtered":
+                    keep = benign_cache["benign"] == eval_y
+                for population in ("successful", "attacked"):
+                    chosen = keep & success if population == "successful" else keep
+                    row = {"detector": dname, "interpreter": iname, "attack": aname, "source": source, "target": target,
+                           "subset": subset, "population": population,
+                           "score_definition": dreg.cls.score_definition if hasattr(dreg.cls, "score_definition")
+                           else dreg.cls.description, **self._sweep()}
+                    row.update(self._metrics(scores, chosen))
+                    if labels is not None:
+                        adv_labels = labels[chosen]
+                        row["mask_invariance"] = metrics.mask_invariance(benign_cache["benign"][chosen], adv_labels) \
+                            if chosen.any() else None
+                        row["recovery_rate"] = metrics.recovery_rate(adv_labels, eval_y[chosen]) if chosen.any() else None
+                    else:
+                        row["mask_invariance"] = row["recovery_rate"] = None
+                    rows.append(row)
+        worst = []
+        if len(worst_inputs) > 1:
+            per_attack = {a: (s["adversarial"]["score"], s["adversarial"]["flag"], ok) for a, (s, ok) in worst_inputs.items()}
+            first = next(iter(worst_inputs.values()))[0]
+            summary = metrics.worst_case(per_attack, first["benign"]["score"], first["benign"]["flag"])
+            worst.append({"detector": dname, "interpreter": iname, "source": source, "target": target, "subset": "all",
+                          **summary, **self._sweep()})
+        return rows, worst
+
+    def _score(self, detector, env: DetectorEnv, x: torch.Tensor, ctx: RunContext, label: str) -> dict[str, Any]:
+        scores, flags = [], []
+        steps = range(0, len(x), ctx.batch_size)
+        for start in ctx.track(steps, label, len(steps)):
+            out = detector.score(env, x[start:start + ctx.batch_size].to(self.device), ctx)
+            scores.append(out.score.detach().float().cpu())
+            if out.flag is not None:
+                flags.append(out.flag.detach().bool().cpu())
+        return {"score": torch.cat(scores) if scores else torch.empty(0),
+                "flag": torch.cat(flags) if flags else None}
+
+    def _metrics(self, scores: dict[str, Any], chosen: torch.Tensor) -> dict[str, Any]:
+        benign, adv = scores["benign"], scores["adversarial"]
+        bf = benign["flag"][chosen] if benign["flag"] is not None else None
+        af = adv["flag"][chosen] if adv["flag"] is not None else None
+        return metrics.detection_metrics(benign["score"][chosen], adv["score"][chosen], bf, af)
+
+    def _sweep(self) -> dict[str, Any]:
+        return {"sweep": dict(self.sweep_values)} if self.sweep_values else {}
+
+    # ------------------------------------------------------------------ warnings and gallery
+    def warnings(self, results: dict[str, Any]) -> list[str]:
+        found = []
+        for row in results["interpreters"]:
+            share = row.get("majority_class_share")
+            if share is not None and share > 0.5:
+                found.append(f"mask classifier on {row['interpreter']}/{row['victim']} predicts one class for "
+                             f"{share:.0%} of benign masks: its detections mostly reflect label shift")
+        baseline = {(r["attack"], r["source"], r["target"], r["subset"], r["population"]): r["auroc"]
+                    for r in results["detection"] if r["detector"] == "label-only"}
+        for r in results["detection"]:
+            ref = baseline.get((r["attack"], r["source"], r["target"], r["subset"], r["population"]))
+            if r["detector"] != "label-only" and ref is not None and r["auroc"] is not None \
+                    and r["population"] == "successful" and abs(r["auroc"] - ref) <= 0.05:
+                found.append(f"{r['detector']}{'/' + r['interpreter'] if r['interpreter'] else ''} on {r['attack']} "
+                             f"({r['source']}->{r['target']}, {r['subset']}): AUROC {r['auroc']:.3f} is within 0.05 of "
+                             f"label-only's {ref:.3f}")
+        return found
+
+    def build_gallery(self, targets, envs, mask_labels, adversarial, eval_x, eval_y, classes, victims) -> list[dict]:
+        gallery = []
+        n_examples = min(4, len(eval_x))
+        for (target, iname), env in envs.items():
+            if iname is None or env.explain is None:
+                continue
+            with torch.no_grad():
+                per_class_idx = [int((eval_y == c).nonzero()[0]) for c in range(len(classes)) if (eval_y == c).any()]
+                idx = torch.tensor(per_class_idx, dtype=torch.long)
+
+                def describe(x: torch.Tensor) -> dict[str, torch.Tensor]:
+                    xd = x.to(self.device)
+                    masks = env.explain(xd)
+                    return {"x": x.cpu(), "mask": masks.cpu().float(), "f1": victims[target](xd).argmax(1).cpu(),
+                            "f2": env.mask_classifier(masks).argmax(1).cpu()}
+
+                per_class = {**describe(eval_x[idx]), "y": eval_y[idx]}
+                examples = {**describe(eval_x[:n_examples]), "y": eval_y[:n_examples], "adversarial": {}}
+                for (aname, source), adv in adversarial.items():
+                    if source != target:
+                        continue
+                    entry = describe(adv["x_adv"][:n_examples])
+                    entry["success"] = adv["success"][:n_examples]
+                    examples["adversarial"][aname] = entry
+            gallery.append({"victim": target, "interpreter": iname, "classes": list(classes), "per_class": per_class,
+                            "examples": examples})
+        return gallery
+
+
+class _Explain(nn.Module):
+    def __init__(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        super().__init__()
+        self.fn = fn
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fn(x)
+
+
+def _file_digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+# ---------------------------------------------------------------------- the whole run
+
+def run_suite(suite: Suite, run_dir: Path, device: torch.device, cache: Cache, limit: Optional[int] = None,
+              progress=None, command: str = "") -> dict[str, Any]:
+    """Run every sweep point of ``suite`` and write results.json, CSV tables and gallery.pt into ``run_dir``.
+
+    On an interruption (Ctrl-C) or a failure the results computed so far are written with ``complete: false``
+    before the exception propagates; everything cached stays cached.
+    """
+    run_dir.mkdir(parents=True, exist_ok=True)
+    started = datetime.now(timezone.utc)
+    t0 = time.perf_counter()
+    results: dict[str, Any] = {
+        "suite": suite.name, "suite_file": suite.source, "command": command, "advbench_version": advbench.__version__,
+        "seed": suite.spec.seed, "device": str(device), "torch_version": torch.__version__,
+        "python_version": platform.python_version(), "started": started.isoformat(timespec="seconds"),
+        "limit": limit, "complete": False, "missing": [],
+        "plugins": [{"kind": r.kind, "name": r.name, "distribution": r.distribution, "version": r.version}
+                    for r in plugins.components()],
+        "sweep_fields": list(suite.spec.sweep), "paper_reference": suite.spec.paper_reference,
+        "victims": {}, "interpreters": [], "attacks": [], "detection": [], "worst_case": [], "warnings": [],
+        "stages": [],
+    }
+    gallery: list = []
+    points = suite.points()
+    ereg, eoptions = suite.component("executor")
+    executor = ereg.cls(eoptions)
+    runners: list[Runner] = []
+
+    def run_point(point) -> dict[str, Any]:
+        values, point_suite = point
+        runner = Runner(point_suite, run_dir, device, cache, limit, progress, values)
+        runners.append(runner)
+        out = runner.run()
+        out["_gallery"] = runner.gallery
+        return out
+
+    error: Optional[BaseException] = None
+    try:
+        for out in executor.map(run_point, points):
+            _merge(results, out)
+            if not gallery:
+                gallery = out["_gallery"]
+        results["complete"] = True
+    except BaseException as exc:  # record what was computed, then re-raise
+        error = exc
+        results["missing"].append(f"stopped by {type(exc).__name__} after {len(results['stages'])} stages; "
+                                  "run again to resume from the cache")
+    finally:
+        results["stages"] = [vars(r) for runner in runners for r in runner.records]
+        results["finished"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        results["wall_seconds"] = round(time.perf_counter() - t0, 2)
+        write_outputs(run_dir, results, gallery)
+    if error is not None:
+        raise error
+    return results
+
+
+def _merge(results: dict[str, Any], out: dict[str, Any]) -> None:
+    for key in ("interpreters", "attacks", "detection", "worst_case", "warnings"):
+        results[key].extend(out.get(key, []))
+    results["victims"].update(out.get("victims", {}))
+    results.setdefault("dataset", out.get("dataset"))
+    results.setdefault("evaluation", out.get("evaluation"))
+
+
+CSV_TABLES = {
+    "victims.csv": ("victims", ["victim", "plugin", "clean_accuracy"]),
+    "interpreters.csv": ("interpreters", ["victim", "interpreter", "plugin", "mask_classifier",
+                                          "mask_classifier_accuracy", "majority_class_share", "n_train_masks"]),
+    "attacks.csv": ("attacks", ["attack", "plugin", "norm", "source", "n", "n_correct", "n_success", "success_rate",
+                                "mean_linf", "mean_l2", "mean_l0"]),
+    "detection.csv": ("detection", ["detector", "interpreter", "attack", "source", "target", "subset", "population",
+                                    "n_adversarial", "n_benign", "tpr", "tnr", "auroc", "tpr_at_fpr_1", "tpr_at_fpr_5",
+                                    "tpr_at_fpr_10", "tnr_at_tpr_90", "tnr_at_tpr_95", "mask_invariance",
+                                    "recovery_rate"]),
+    "worst_case.csv": ("worst_case", ["detector", "interpreter", "source", "target", "subset", "n_pairs", "auroc",
+                                      "tpr", "tnr"]),
+}
+
+
+def write_outputs(run_dir: Path, results: dict[str, Any], gallery: list) -> None:
+    """results.json, one CSV per table (swept fields as extra columns) and gallery.pt; each written atomically."""
+    _atomic_text(run_dir / "results.json", json.dumps(results, indent=1, default=_json_default))
+    sweep_fields = results.get("sweep_fields") or []
+    for filename, (key, columns) in CSV_TABLES.items():
+        rows = results.get(key) or []
+        if isinstance(rows, dict):
+            rows = [{"victim": name, **row} for name, row in rows.items()]
+        buffer = _CsvBuffer()
+        writer = csv.DictWriter(buffer, fieldnames=columns + sweep_fields, extrasaction="ignore")
+        writer.writeheader()
+        for row in rows:
+            flat = dict(row)
+            flat.update(row.get("sweep") or {})
+            writer.writerow({k: ("" if flat.get(k) is None else flat.get(k)) for k in columns + sweep_fields})
+        _atomic_text(run_dir / filename, buffer.text())
+    if gallery:
+        tmp = run_dir / ".gallery.pt.tmp"
+        torch.save(gallery, tmp)
+        tmp.replace(run_dir / "gallery.pt")
+
+
+class _CsvBuffer:
+    def __init__(self) -> None:
+        self.parts: list[str] = []
+
+    def write(self, text: str) -> None:
+        self.parts.append(text)
+
+    def text(self) -> str:
+        return "".join(self.parts)
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    return str(value)
+
+
+def _atomic_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
