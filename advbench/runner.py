@@ -97,6 +97,7 @@ class Runner:
         return base.child(*salt) if salt else base
 
     def stage(self, stage: str, label: str, key: str, compute: Callable[[], Any]) -> Any:
+        log.info("%s %s: start (key %s)", stage, label, key[:12])
         start = time.perf_counter()
         payload, cached = self.cache.get_or_compute(key, compute, stage=stage, description=label)
         seconds = time.perf_counter() - start

@@ -1,0 +1,45 @@
+"""The paper's detector: contrast the classifier's label with the label of the input's attention mask."""
+
+from __future__ import annotations
+
+import torch
+
+from advbench.api import Detector, DetectorEnv, DetectorOutput, Options, RunContext
+
+
+class ContrastiveOptions(Options):
+    """No options: the detector is fully defined by f1, the interpreter g and the mask classifier f2."""
+
+
+class Contrastive(Detector):
+    """Classification-interpretation contrastive detection (Nguyen et al. 2017, "Where Classification Fails,
+    Interpretation Rises").
+
+    Flag: ``argmax f2(g(x)) != argmax f1(x)``, with f1 the victim, g the interpreter (``env.explain``) and f2
+    the mask classifier (``env.mask_classifier``), exactly the paper's decision rule.
+    Score: ``1 - softmax(f2(g(x)))[argmax f1(x)]``, the mask classifier's probability that the mask does NOT
+    show the class f1 predicts (in [0, 1]); it ranks inputs for ROC/AUROC and agrees with the flag at the
+    extremes, but the flag is not a fixed threshold on it (argmax disagreement can happen at scores < 0.5).
+    Fitted on nothing here: g and f2 are trained by the harness on the victim's training data.
+    """
+
+    name = "contrastive"
+    description = "Nguyen et al. 2017: flag when the mask classifier's label differs from the victim's"
+    revision = "1"
+    Options = ContrastiveOptions
+    needs_interpreter = True
+    needs_adversarial_fit = False
+
+    def score(self, env: DetectorEnv, x: torch.Tensor, ctx: RunContext) -> DetectorOutput:
+        if env.explain is None or env.mask_classifier is None:
+            raise ValueError("the contrastive detector needs an interpreter (env.explain) and a mask classifier "
+                             "(env.mask_classifier)")
+        with torch.no_grad():
+            y1 = env.victim(x).argmax(dim=1)
+        masks = env.explain(x)  # the interpreter may need input gradients: no no_grad around it
+        with torch.no_grad():
+            logits2 = env.mask_classifier(masks.detach())
+            p2 = torch.softmax(logits2.float(), dim=1)
+            agree = p2.gather(1, y1.view(-1, 1)).squeeze(1)
+            flag = logits2.argmax(dim=1) != y1
+        return DetectorOutput(score=(1.0 - agree).clamp(0.0, 1.0), flag=flag)

@@ -1,0 +1,50 @@
+"""A control detector that sees only the victim's predicted label."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from pydantic import Field
+
+from advbench.api import Detector, DetectorEnv, DetectorOutput, Options, RunContext
+from advbench_detectors._features import fit_logistic, map_batches, one_hot, predict_adversarial, require_fitted
+
+
+class LabelOnlyOptions(Options):
+    c: float = Field(1.0, gt=0, le=1e6, description="inverse L2 regularization strength of the logistic regression")
+
+
+class LabelOnly(Detector):
+    """Label-only control: logistic regression on the one-hot label f1 predicts (no interpretation at all).
+
+    Fitted on the held-out benign vs adversarial inputs given to ``fit``; it learns P(adversarial | predicted
+    class), i.e. how far the attack's label shift alone separates the two populations. Score = that
+    probability; flag = probability > 0.5. Compare its AUROC with the contrastive detector of Nguyen et al.
+    2017 to see how much the interpretation earns beyond the label shift.
+    """
+
+    name = "label-only"
+    description = "Control: logistic regression on the victim's one-hot predicted label"
+    revision = "1"
+    Options = LabelOnlyOptions
+    needs_adversarial_fit = True
+
+    def __init__(self, options: Optional[Options] = None, **kwargs) -> None:
+        super().__init__(options, **kwargs)
+        self._model = None
+
+    def _features(self, env: DetectorEnv, x: torch.Tensor) -> torch.Tensor:
+        return one_hot(env.victim(x).argmax(dim=1), env.num_classes)
+
+    def fit(self, env: DetectorEnv, benign_x: torch.Tensor, adversarial_x: torch.Tensor, ctx: RunContext) -> None:
+        fb = map_batches(lambda b: self._features(env, b), benign_x, ctx, "label-only: benign labels")
+        fa = map_batches(lambda b: self._features(env, b), adversarial_x, ctx, "label-only: adversarial labels")
+        self._model = fit_logistic(fb, fa, c=self.options.c)
+
+    def score(self, env: DetectorEnv, x: torch.Tensor, ctx: RunContext) -> DetectorOutput:
+        require_fitted(self, "_model")
+        with torch.no_grad():
+            features = self._features(env, x)
+        prob = predict_adversarial(self._model, features, x.device)
+        return DetectorOutput(score=prob, flag=prob > 0.5)

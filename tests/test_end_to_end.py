@@ -1,0 +1,162 @@
+"""End-to-end runs on real data: digits (the embedded default) and a small CIFAR-10 subset."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import CIFAR_TAR, REPO, advbench_cli, load_results
+
+CONTRACT = {
+    "top": ["suite", "advbench_version", "seed", "device", "started", "wall_seconds", "victims", "interpreters",
+            "attacks", "detection"],
+    "interpreters": ["victim", "interpreter", "mask_classifier_accuracy"],
+    "attacks": ["attack", "source", "n", "success_rate", "mean_linf", "mean_l2", "mean_l0"],
+    "detection": ["detector", "interpreter", "attack", "source", "target", "n_adversarial", "n_benign", "tpr", "tnr",
+                  "auroc", "mask_invariance", "recovery_rate", "subset"],
+}
+
+
+def test_digits_run_writes_the_results_contract(digits_run):
+    results = load_results(digits_run)
+    for key in CONTRACT["top"]:
+        assert key in results, key
+    assert results["complete"] is True
+    assert results["suite"] == "digits"
+    assert results["victims"]["cnn"]["clean_accuracy"] > 0.9  # a real, trained victim
+    for section in ("interpreters", "attacks", "detection"):
+        assert results[section], section
+        for row in results[section]:
+            for key in CONTRACT[section]:
+                assert key in row, (section, key)
+    attack = results["attacks"][0]
+    assert attack["n"] == 300 and 0 < attack["success_rate"] <= 1
+    assert attack["mean_linf"] == pytest.approx(0.2, abs=1e-4)  # FGSM moves every changed pixel by eps
+    row = next(r for r in results["detection"] if r["subset"] == "all" and r["population"] == "successful")
+    # positives are the successful adversarial inputs, paired with as many benign inputs
+    assert row["n_adversarial"] == row["n_benign"] == attack["n_success"]
+    assert 0 <= row["tpr"] <= 1 and 0 <= row["tnr"] <= 1 and 0 <= row["auroc"] <= 1
+    for name in ("results.json", "detection.csv", "attacks.csv", "victims.csv", "interpreters.csv", "run.log",
+                 "index.html", "gallery.pt"):
+        assert (digits_run / name).is_file(), name
+
+
+def test_csv_tables_match_results_json(digits_run):
+    import csv
+
+    results = load_results(digits_run)
+    with open(digits_run / "detection.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == len(results["detection"])
+    for csv_row, row in zip(rows, results["detection"]):
+        assert float(csv_row["auroc"]) == pytest.approx(row["auroc"])
+        assert csv_row["attack"] == row["attack"] and csv_row["subset"] == row["subset"]
+
+
+def test_second_run_reuses_every_stage_and_a_changed_field_recomputes_only_its_dependents(digits_run, digits_cache,
+                                                                                          tmp_path):
+    first = load_results(digits_run)
+    again = tmp_path / "again"
+    start = time.perf_counter()
+    advbench_cli("run", "suites/digits.yaml", "--out", str(again), "--no-report", cache=digits_cache)
+    assert time.perf_counter() - start < 60
+    second = load_results(again)
+    assert all(stage["cached"] for stage in second["stages"] if stage["stage"] != "data"), second["stages"]
+    assert second["detection"] == first["detection"]
+
+    changed = tmp_path / "changed"
+    advbench_cli("run", "suites/digits.yaml", "--out", str(changed), "--no-report",
+                 "--set", "attacks.fgsm.options.eps=0.25", cache=digits_cache)
+    third = load_results(changed)
+    recomputed = {s["stage"] for s in third["stages"] if not s["cached"] and s["stage"] != "data"}
+    reused = {s["stage"] for s in third["stages"] if s["cached"]}
+    assert recomputed <= {"adversarial", "scores", "masks"}, recomputed
+    assert {"victim", "mask-classifier"} <= reused
+    assert third["attacks"][0]["mean_linf"] == pytest.approx(0.25, abs=1e-4)
+
+
+def test_killed_run_resumes_to_the_same_results(digits_run, tmp_path):
+    """Kill -9 in the middle (after the victim is stored), run again, compare with the uninterrupted run."""
+    cache = tmp_path / "cache"
+    env = {**os.environ, "ADVBENCH_CACHE": str(cache)}
+    out = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, "-m", "advbench.cli", "run", "suites/digits.yaml", "--out", str(out),
+                             "--no-report"], cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    deadline = time.time() + 600
+    try:
+        while time.time() < deadline and proc.poll() is None:
+            metas = list(cache.glob("*/*.json"))
+            if any(json.loads(m.read_text()).get("stage") == "victim" for m in metas):
+                break
+            time.sleep(0.2)
+        assert proc.poll() is None, "the run ended before it could be killed"
+        os.killpg(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait()
+    resumed = tmp_path / "resumed"
+    advbench_cli("run", "suites/digits.yaml", "--out", str(resumed), "--no-report", cache=cache)
+    results = load_results(resumed)
+    victim_stage = next(s for s in results["stages"] if s["stage"] == "victim")
+    assert victim_stage["cached"]  # the work done before the kill was kept
+    assert results["detection"] == load_results(digits_run)["detection"]
+
+
+def test_corrupt_cache_entry_is_recomputed_with_the_same_results(digits_run, digits_cache, tmp_path):
+    # damage the stored victim of the session's cache copy, then run again
+    import shutil
+
+    cache = tmp_path / "cache"
+    shutil.copytree(digits_cache, cache)
+    victim_meta = next(m for m in cache.glob("*/*.json") if json.loads(m.read_text()).get("stage") == "victim")
+    payload = victim_meta.with_suffix(".pt")
+    data = bytearray(payload.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    payload.write_bytes(bytes(data))
+    out = tmp_path / "run"
+    proc = advbench_cli("run", "suites/digits.yaml", "--out", str(out), "--no-report", cache=cache)
+    results = load_results(out)
+    assert not next(s for s in results["stages"] if s["stage"] == "victim")["cached"]
+    assert "corrupt" in proc.stderr
+    assert results["detection"] == load_results(digits_run)["detection"]
+
+
+@pytest.mark.skipif(not CIFAR_TAR.exists(), reason=f"CIFAR-10 export not found at {CIFAR_TAR}")
+def test_small_cifar10_run_through_the_real_loader(tmp_path):
+    suite = tmp_path / "cifar-small.yaml"
+    suite.write_text(f"""
+name: cifar-small
+seed: 0
+dataset:
+  plugin: cifar10
+  options: {{path: {json.dumps(str(CIFAR_TAR))}, train_limit: 2000, test_limit: 400}}
+victims:
+  alexnet: {{plugin: alexnet, options: {{epochs: 2, width: 16}}}}
+interpreters:
+  lan: {{plugin: lan, options: {{epochs: 1, width: 128}}}}
+mask_classifier: {{plugin: lenet, options: {{epochs: 2}}}}
+attacks:
+  fgsm: {{plugin: fgsm, options: {{eps: 0.03}}}}
+detectors:
+  contrastive: {{}}
+evaluation:
+  pairs: [{{source: alexnet, target: alexnet}}]
+  n_eval: 100
+  n_fit: 50
+""")
+    out = tmp_path / "run"
+    advbench_cli("run", str(suite), "--out", str(out), "--no-report", cache=tmp_path / "cache")
+    results = load_results(out)
+    assert results["dataset"]["n_train"] == 2000 and results["dataset"]["n_test"] == 400
+    assert results["dataset"]["classes"][0] == "airplane"
+    assert results["victims"]["alexnet"]["clean_accuracy"] > 0.2  # well above chance after two short epochs
+    assert results["interpreters"][0]["mask_channels"] in (1, 3)
+    assert results["attacks"][0]["n"] == 100
+    assert any(r["detector"] == "contrastive" for r in results["detection"])

@@ -1,0 +1,138 @@
+"""advbench.metrics against cases small enough to compute by hand."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from advbench.metrics import detection_metrics, mask_invariance, recovery_rate, worst_case
+
+
+def test_perfectly_separated():
+    m = detection_metrics([0.0, 0.1, 0.2], [0.8, 0.9, 1.0])
+    assert m["auroc"] == 1.0
+    for key in ("tpr_at_fpr_1", "tpr_at_fpr_5", "tpr_at_fpr_10", "tnr_at_tpr_90", "tnr_at_tpr_95"):
+        assert m[key] == 1.0
+    assert m["n_benign"] == 3 and m["n_adversarial"] == 3
+    assert m["tpr"] is None and m["tnr"] is None and m["operating_point"] is None
+
+
+def test_reversed():
+    m = detection_metrics([0.8, 0.9, 1.0], [0.0, 0.1, 0.2])
+    assert m["auroc"] == 0.0
+    assert m["tpr_at_fpr_1"] == 0.0 and m["tpr_at_fpr_10"] == 0.0
+    assert m["tnr_at_tpr_90"] == 0.0 and m["tnr_at_tpr_95"] == 0.0
+
+
+def test_all_tied_is_chance():
+    m = detection_metrics([0.5] * 4, [0.5] * 4)
+    assert m["auroc"] == 0.5
+    assert m["tpr_at_fpr_5"] == 0.0  # the only thresholds are "flag none" and "flag all"
+    assert m["tnr_at_tpr_95"] == 0.0
+
+
+def test_sklearn_doc_example():
+    # y = [0, 0, 1, 1], scores = [0.1, 0.4, 0.35, 0.8]: ROC points (0,0) (0,.5) (.5,.5) (.5,1) (1,1)
+    m = detection_metrics([0.1, 0.4], [0.35, 0.8], benign_flags=[False, True], adversarial_flags=[False, True])
+    assert m["auroc"] == 0.75
+    assert m["tpr_at_fpr_1"] == 0.5 and m["tpr_at_fpr_10"] == 0.5
+    assert m["tnr_at_tpr_90"] == 0.5 and m["tnr_at_tpr_95"] == 0.5
+    assert m["tpr"] == 0.5 and m["tnr"] == 0.5
+    assert m["operating_point"] == {"fpr": 0.5, "tpr": 0.5}
+    assert m["roc"]["fpr"][0] == 0.0 and m["roc"]["tpr"][0] == 0.0
+    assert m["roc"]["fpr"][-1] == 1.0 and m["roc"]["tpr"][-1] == 1.0
+
+
+def test_ten_by_ten_by_hand():
+    benign = np.arange(10, dtype=float)  # 0 .. 9
+    adversarial = [5.5, 8.5, 9.5, 10, 11, 12, 13, 14, 15, 16]
+    m = detection_metrics(benign, adversarial)
+    # adversarial beats benign: 5.5 beats 6, 8.5 beats 9, the other 8 beat all 10 -> 95 of 100 pairs
+    assert m["auroc"] == pytest.approx(0.95)
+    # FPR <= 10% allows flagging benign 9 -> threshold 8.5 flags 9 of 10 adversarial
+    assert m["tpr_at_fpr_10"] == pytest.approx(0.9)
+    # FPR <= 5% or 1% allows no benign -> threshold 9.5 flags 8 of 10
+    assert m["tpr_at_fpr_5"] == pytest.approx(0.8) and m["tpr_at_fpr_1"] == pytest.approx(0.8)
+    # TPR >= 90% needs threshold 8.5 (benign 9 flagged); TPR >= 95% needs 5.5 (benign 6..9 flagged)
+    assert m["tnr_at_tpr_90"] == pytest.approx(0.9)
+    assert m["tnr_at_tpr_95"] == pytest.approx(0.6)
+
+
+def test_flags_give_tpr_tnr_and_operating_point():
+    m = detection_metrics(torch.tensor([0.1, 0.2, 0.3, 0.4]), torch.tensor([0.5, 0.6]),
+                          torch.tensor([False, False, False, True]), torch.tensor([True, False]))
+    assert m["tpr"] == 0.5 and m["tnr"] == 0.75
+    assert m["operating_point"] == {"fpr": 0.25, "tpr": 0.5}
+
+
+def test_empty_side_and_json():
+    m = detection_metrics([], [0.3, 0.4], benign_flags=[], adversarial_flags=[True, True])
+    assert m["auroc"] is None and m["roc"] is None and m["tpr_at_fpr_5"] is None
+    assert m["tpr"] == 1.0 and m["tnr"] is None and m["operating_point"] is None
+    assert m["n_benign"] == 0 and m["n_adversarial"] == 2
+    json.dumps(m)
+
+
+def test_values_are_plain_python_and_roc_downsampled():
+    rng = np.random.default_rng(0)
+    m = detection_metrics(rng.normal(size=2000).astype(np.float32), rng.normal(1.0, size=2000).astype(np.float32),
+                          rng.random(2000) < 0.1, rng.random(2000) < 0.7)
+    text = json.dumps(m)
+    assert json.loads(text) == m
+    assert type(m["auroc"]) is float and type(m["n_benign"]) is int
+    assert all(type(v) is float for v in m["roc"]["fpr"] + m["roc"]["tpr"])
+    assert 2 <= len(m["roc"]["fpr"]) <= 201 and len(m["roc"]["fpr"]) == len(m["roc"]["tpr"])
+    assert m["roc"]["fpr"][0] == 0.0 and m["roc"]["tpr"][-1] == 1.0 and m["roc"]["fpr"][-1] == 1.0
+    assert np.all(np.diff(m["roc"]["fpr"]) >= 0) and np.all(np.diff(m["roc"]["tpr"]) >= 0)
+    assert 0.7 < m["auroc"] < 0.8  # N(1,1) vs N(0,1): Phi(1/sqrt 2) = 0.760
+
+
+def test_infinite_scores_keep_their_order():
+    m = detection_metrics([-np.inf, 0.0], [1.0, np.inf])
+    assert m["auroc"] == 1.0
+    with pytest.raises(ValueError, match="NaN"):
+        detection_metrics([np.nan], [1.0])
+
+
+def test_mask_invariance_and_recovery():
+    assert mask_invariance([1, 2, 3, 4], [1, 2, 0, 0]) == 0.5
+    assert recovery_rate(torch.tensor([1, 2, 3]), torch.tensor([1, 0, 3])) == pytest.approx(2 / 3, abs=1e-6)
+    assert mask_invariance([], []) is None and recovery_rate([], []) is None
+    with pytest.raises(ValueError):
+        mask_invariance([1], [1, 2])
+
+
+def _three_images(b_flag_on_image0: bool, b_score_on_image0: float):
+    """Image 0: both attacks succeed; image 1: only A succeeds (B's failure is undetected and low-scored);
+    image 2: no attack succeeds (left out, even though its benign copy is falsely flagged)."""
+    per_attack = {
+        "A": (np.array([0.9, 0.5, 0.7]), np.array([True, True, True]), np.array([True, True, False])),
+        "B": (np.array([b_score_on_image0, 0.05, 0.4]), np.array([b_flag_on_image0, False, False]),
+              np.array([True, False, False])),
+    }
+    return worst_case(per_attack, np.array([0.1, 0.2, 0.3]), np.array([False, False, True]))
+
+
+def test_worst_case_all_successful_attacks_detected():
+    m = _three_images(True, 0.6)
+    assert m["n_pairs"] == 2 and m["n_benign"] == 2 and m["n_adversarial"] == 2
+    assert m["tpr"] == 1.0  # B's undetected failure on image 1 does not count
+    assert m["tnr"] == 1.0  # image 2's flagged benign copy is excluded
+    assert m["auroc"] == 1.0  # worst scores 0.6 and 0.5 (not B's 0.05) vs benign 0.1, 0.2
+
+
+def test_worst_case_one_missed_attack_and_min_score():
+    m = _three_images(False, 0.15)
+    assert m["tpr"] == 0.5  # image 0 is missed by B, so the pair counts as undetected
+    # worst scores [0.15, 0.5] vs benign [0.1, 0.2]: 3 of 4 pairs ordered
+    assert m["auroc"] == 0.75
+
+
+def test_worst_case_without_flags_or_successes():
+    per_attack = {"A": ([0.5, 0.6], None, [True, False])}
+    m = worst_case(per_attack, [0.1, 0.2], None)
+    assert m["n_pairs"] == 1 and m["tpr"] is None and m["tnr"] is None and m["auroc"] == 1.0
+    m = worst_case({"A": ([0.5, 0.6], [True, True], [False, False])}, [0.1, 0.2], [False, False])
+    assert m["n_pairs"] == 0 and m["auroc"] is None and m["tpr"] is None
+    json.dumps(m)
