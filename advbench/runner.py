@@ -271,7 +271,7 @@ class Runner:
         def explain(x: torch.Tensor) -> torch.Tensor:
             return interpreter.explain(state, victim, x, ctx).clamp(0, 1)
 
-        limit = spec.evaluation.mask_train_limit
+        limit = spec.interpreters[iname].mask_train_limit or spec.evaluation.mask_train_limit
         train_x, train_y = data.train_x, data.train_y
         if limit is not None and limit < len(train_x):
             order = torch.randperm(len(train_x), generator=self.ctx().generator("mask-train-subset"))[:limit]

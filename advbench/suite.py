@@ -31,6 +31,8 @@ class ComponentSpec(_Strict):
     options: dict[str, Any] = Field(default_factory=dict)
     checkpoint: Optional[str] = Field(None, description="victims and mask_classifier: load these weights instead of "
                                       "training (a state_dict file, loaded with weights_only=True)")
+    mask_train_limit: Optional[int] = Field(None, ge=1, description="interpreters: train f2 on the masks of this "
+                                            "many training images (for slow interpreters)")
 
 
 class PairSpec(_Strict):
@@ -113,11 +115,21 @@ class Suite:
                 options = _validate_options(source, f"{path}.options", reg, spec.options)
                 self.components[(section, key or "")] = (reg, options)
         self._check_references()
+        if self.spec.sweep:
+            self.points()  # every point validates now, before anything runs
 
     def component(self, section: str, key: str = "") -> tuple[plugins.Registration, Any]:
         return self.components[(section, key)]
 
     def _check_references(self) -> None:
+        for section in SECTIONS:
+            value = getattr(self.spec, section)
+            for key, spec in (value.items() if isinstance(value, dict) else [("", value)]):
+                path = f"{section}.{key}" if key else section
+                if spec.checkpoint is not None and section not in ("victims", "mask_classifier"):
+                    raise SuiteError(self.source, f"{path}.checkpoint", "allowed only for victims and mask_classifier")
+                if spec.mask_train_limit is not None and section != "interpreters":
+                    raise SuiteError(self.source, f"{path}.mask_train_limit", "allowed only for interpreters")
         detectors = [self.component("detectors", k)[0].cls for k in self.spec.detectors]
         if any(d.needs_interpreter for d in detectors) and not self.spec.interpreters:
             raise SuiteError(self.source, "interpreters", "empty, but a detector needs an interpreter; "
@@ -141,7 +153,11 @@ class Suite:
             raw.pop("sweep", None)
             for key, value in zip(keys, values):
                 set_path(raw, key, value, f"{self.source} (sweep)")
-            result.append((dict(zip(keys, values)), Suite(self.source, raw)))
+            point = dict(zip(keys, values))
+            try:
+                result.append((point, Suite(self.source, raw)))
+            except SuiteError as exc:
+                raise SuiteError(self.source, exc.path, f"{exc.message}, at sweep point {point}") from None
         return result
 
 
@@ -179,7 +195,7 @@ def apply_override(raw: dict[str, Any], item: str, source: str) -> None:
 
 
 def set_path(raw: dict[str, Any], path: str, value: Any, source: str) -> None:
-    parts = [p for p in path.split(".") if p]
+    parts = _expand_shorthand([p for p in path.split(".") if p])
     if not parts:
         raise SuiteError(source, path, "empty field path")
     node: Any = raw
@@ -198,6 +214,16 @@ def set_path(raw: dict[str, Any], path: str, value: Any, source: str) -> None:
         node[last] = value
     else:
         raise SuiteError(source, path, f"cannot set a field inside a {type(node).__name__}")
+
+
+def _expand_shorthand(parts: list[str]) -> list[str]:
+    """``attacks.fgsm.eps`` means ``attacks.fgsm.options.eps`` (and ``dataset.path``, ``dataset.options.path``)."""
+    spec_fields = set(ComponentSpec.model_fields)
+    if parts and parts[0] in SECTIONS:
+        head = 1 if parts[0] in ("dataset", "executor", "mask_classifier") else 2
+        if len(parts) > head and parts[head] not in spec_fields:
+            return parts[:head] + ["options"] + parts[head:]
+    return parts
 
 
 def _index(node: list, part: str, source: str, path: str) -> int:
