@@ -15,7 +15,6 @@ import io
 import json
 import logging
 import os
-import shutil
 import tempfile
 import time
 from dataclasses import dataclass
@@ -107,6 +106,11 @@ class Cache:
         for path in self._paths(key):
             path.unlink(missing_ok=True)
 
+    def _shards(self) -> list[Path]:
+        if not self.root.is_dir():
+            return []
+        return [p for p in sorted(self.root.iterdir()) if p.is_dir() and _is_shard(p.name)]
+
     def entries(self) -> list[Entry]:
         found = []
         if not self.root.exists():
@@ -124,8 +128,16 @@ class Cache:
         """Remove every entry (or only one stage's); returns how many were removed."""
         if stage is None:
             count = len(self.entries())
-            if self.root.exists():
-                shutil.rmtree(self.root)
+            # only what the cache wrote (<2 hex>/<key>.pt|.json and temp files): ADVBENCH_CACHE may point at a
+            # folder that holds other things, which must survive
+            for folder in self._shards():
+                for path in folder.iterdir():
+                    if path.is_file() and (path.suffix in (".pt", ".json") or path.name.endswith(".tmp")):
+                        path.unlink(missing_ok=True)
+                try:
+                    folder.rmdir()
+                except OSError:
+                    pass  # something else lives there
             return count
         count = 0
         for entry in self.entries():
@@ -133,6 +145,10 @@ class Cache:
                 self.remove(entry.key)
                 count += 1
         return count
+
+
+def _is_shard(name: str) -> bool:
+    return len(name) == 2 and all(c in "0123456789abcdef" for c in name)
 
 
 def _atomic_write(path: Path, data: bytes) -> None:

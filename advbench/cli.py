@@ -15,11 +15,12 @@ from typing import Iterable, Optional
 import click
 from rich.console import Console
 from rich.logging import RichHandler
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
 from advbench import __version__
-from advbench.errors import AdvbenchError
+from advbench.errors import AdvbenchError, DataError
 
 console = Console(stderr=True)
 DEVICES = ("auto", "cpu", "cuda")
@@ -27,7 +28,7 @@ DEVICES = ("auto", "cpu", "cuda")
 
 def fail(message: str) -> None:
     """One line on stderr, exit status 2, no traceback."""
-    click.echo(f"advbench: error: {message}", err=True)
+    click.echo(f"advbench: error: {' '.join(str(message).split())}", err=True)
     sys.exit(2)
 
 
@@ -60,12 +61,16 @@ def list_plugins(kind: Optional[str], as_json: bool) -> None:
                                 "description": r.description} for r in rows], indent=1))
         return
     table = Table(title="advbench plugins")
-    for column in ("kind", "name", "distribution", "version", "description"):
-        table.add_column(column)
+    for column in ("kind", "name", "distribution", "version"):
+        table.add_column(column, overflow="fold")  # wrap, never cut: a name is what a suite writes
+    table.add_column("description")
     for r in rows:
-        name = r.name + (f" ({', '.join(r.aliases)})" if r.aliases else "")
+        name = r.name + (f"\n({', '.join(r.aliases)})" if r.aliases else "")
         table.add_row(r.kind, name, r.distribution, r.version, r.description)
-    Console().print(table)
+    out = Console()
+    if not out.is_terminal and not os.environ.get("COLUMNS"):
+        out = Console(width=120)  # piped (grep, a file): rich's 80-column default would fold names
+    out.print(table)
 
 
 def _progress_bar(progress: Progress):
@@ -120,10 +125,15 @@ def run(suite_file: Path, device: Optional[str], out_dir: Optional[Path], limit:
     if torch.get_num_threads() < (os.cpu_count() or 1):
         torch.set_num_threads(os.cpu_count() or 1)
     cache = Cache()
-    console.print(f"[bold]advbench[/] {__version__}: suite [cyan]{suite.name}[/] on [green]{chosen}[/], "
-                  f"run folder {run_dir}, cache {cache.root}")
+    banner = f"advbench {__version__}: suite {suite.name} on {chosen}, run folder {run_dir}, cache {cache.root}"
+    logging.getLogger("advbench").info(banner)
+    # On a terminal: a banner and live bars. Piped (CI, scripts): nothing but warnings and errors on stderr,
+    # so a failure is exactly one line there (rich would otherwise wrap the banner and leave a blank line).
+    interactive = console.is_terminal
+    if interactive:
+        console.print(escape(banner), soft_wrap=True)
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                        TimeRemainingColumn(), console=console, transient=True)
+                        TimeRemainingColumn(), console=console, transient=True, disable=not interactive)
     interrupted = False
     try:
         with progress:
@@ -132,6 +142,9 @@ def run(suite_file: Path, device: Optional[str], out_dir: Optional[Path], limit:
     except KeyboardInterrupt:
         interrupted = True
         results = json.loads((run_dir / "results.json").read_text())
+    except DataError as exc:  # raised by a dataset plugin at load time: say which suite file to fix
+        message = str(exc)
+        raise DataError(message if suite.source in message else f"{suite.source}: {message}") from None
     page = None
     if not no_report:
         from advbench.report import render_report

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
 from dataclasses import dataclass
 from importlib import metadata
 from typing import Optional
@@ -54,13 +55,24 @@ def get_manager() -> pluggy.PluginManager:
         disabled = {n.strip() for n in os.environ.get(DISABLE_ENV, "").split(",") if n.strip()}
         for name in disabled:
             pm.set_blocked(name)
-        pm.load_setuptools_entrypoints(ENTRY_POINT_GROUP)
         try:
+            pm.load_setuptools_entrypoints(ENTRY_POINT_GROUP)  # also checks known hooks' argument names
             pm.check_pending()
         except pluggy.PluginValidationError as exc:
-            raise PluginError(f"plugin {exc.plugin!r} implements a hook advbench does not define: {exc}") from None
+            raise _invalid(exc, repr(pm.get_name(exc.plugin) or exc.plugin)) from None
         _manager = pm
     return _manager
+
+
+def _invalid(exc: pluggy.PluginValidationError, plugin: str) -> PluginError:
+    """One line naming the plugin, what is wrong with its hook, and the hooks advbench defines."""
+    hooks = sorted(n for n in dir(hookspecs) if n.startswith(("register_", "report_")))
+    text = " ".join(str(exc).split())
+    unknown = re.search(r"unknown hook '(\w+)'", text)
+    close = difflib.get_close_matches(unknown.group(1), hooks, n=1) if unknown else []
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    return PluginError(f"plugin {plugin} has an invalid hook implementation: {text}; advbench's hooks: "
+                       f"{', '.join(hooks)}{hint}; set {DISABLE_ENV} to skip an installed plugin")
 
 
 def _distribution_of(pm: pluggy.PluginManager, plugin: object) -> tuple[str, str]:
@@ -116,12 +128,15 @@ def register_plugin(plugin: object, name: Optional[str] = None) -> None:
     """Register an in-process plugin object (a module or class with hookimpls) and rebuild the registry."""
     global _registry
     pm = get_manager()
-    pm.register(plugin, name=name)
+    try:
+        pm.register(plugin, name=name)  # raises for a known hook with wrong argument names
+    except pluggy.PluginValidationError as exc:
+        raise _invalid(exc, repr(name or plugin)) from None
     try:
         pm.check_pending()
     except pluggy.PluginValidationError as exc:
         pm.unregister(plugin)
-        raise PluginError(f"plugin {name or plugin!r} implements a hook advbench does not define: {exc}") from None
+        raise _invalid(exc, repr(name or plugin)) from None
     _registry = None
 
 

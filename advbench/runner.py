@@ -16,6 +16,7 @@ import csv
 import hashlib
 import json
 import logging
+import math
 import platform
 import sys
 import time
@@ -590,7 +591,8 @@ CSV_TABLES = {
 
 def write_outputs(run_dir: Path, results: dict[str, Any], gallery: list) -> None:
     """results.json, one CSV per table (swept fields as extra columns) and gallery.pt; each written atomically."""
-    _atomic_text(run_dir / "results.json", json.dumps(results, indent=1, default=_json_default))
+    _atomic_text(run_dir / "results.json", json.dumps(_finite(results), indent=1, default=_json_default,
+                                                       allow_nan=False))
     sweep_fields = results.get("sweep_fields") or []
     for filename, (key, columns) in CSV_TABLES.items():
         rows = results.get(key) or []
@@ -619,6 +621,17 @@ class _CsvBuffer:
 
     def text(self) -> str:
         return "".join(self.parts)
+
+
+def _finite(value: Any) -> Any:
+    """NaN and infinities become null: browsers' JSON.parse rejects them."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
 
 
 def _json_default(value: Any) -> Any:

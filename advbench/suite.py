@@ -180,7 +180,22 @@ def load_suite(path: str | Path, overrides: Optional[list[str]] = None) -> Suite
         raise SuiteError(source, "", f"a suite must be a mapping of fields, found {type(raw).__name__}")
     for item in overrides or []:
         apply_override(raw, item, f"{source} (--set {item})")
-    return Suite(source, raw)
+    try:
+        return Suite(source, raw)
+    except SuiteError as exc:
+        culprit = _override_for(exc.path, overrides or [])
+        if culprit is None:
+            raise
+        raise SuiteError(source, exc.path, f"{exc.message} (from --set {culprit})") from None
+
+
+def _override_for(path: str, overrides: list[str]) -> Optional[str]:
+    """The --set item that wrote ``path`` (or a field above or below it), so an error points at it, not the file."""
+    for item in reversed(overrides):
+        target = ".".join(_expand_shorthand([p for p in item.partition("=")[0].strip().split(".") if p]))
+        if path and target and (path == target or path.startswith(target + ".") or target.startswith(path + ".")):
+            return item
+    return None
 
 
 def apply_override(raw: dict[str, Any], item: str, source: str) -> None:
