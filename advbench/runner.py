@@ -17,7 +17,9 @@ import hashlib
 import json
 import logging
 import math
+import os
 import platform
+import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -524,6 +526,9 @@ def run_suite(suite: Suite, run_dir: Path, device: torch.device, cache: Cache, l
         "suite": suite.name, "suite_file": suite.source, "command": command, "advbench_version": advbench.__version__,
         "seed": suite.spec.seed, "device": str(device), "torch_version": torch.__version__,
         "python_version": platform.python_version(), "started": started.isoformat(timespec="seconds"),
+        "git_commit": _git_commit(), "host": {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+                                              "cuda_device": torch.cuda.get_device_name(0) if device.type == "cuda"
+                                              else None},
         "limit": limit, "complete": False, "missing": [],
         "plugins": [{"kind": r.kind, "name": r.name, "distribution": r.distribution, "version": r.version}
                     for r in plugins.components()],
@@ -564,6 +569,20 @@ def run_suite(suite: Suite, run_dir: Path, device: torch.device, cache: Cache, l
     if error is not None:
         raise error
     return results
+
+
+def _git_commit() -> Optional[str]:
+    """The checkout's commit (with '+dirty' for uncommitted changes), for the run's provenance; None outside git."""
+    root = Path(__file__).resolve().parents[1]
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
+        if commit.returncode != 0:
+            return None
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        return commit.stdout.strip() + ("+dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
 
 
 def _merge(results: dict[str, Any], out: dict[str, Any]) -> None:
