@@ -122,7 +122,9 @@ def run(suite_file: Path, device: Optional[str], out_dir: Optional[Path], limit:
     run_dir.mkdir(parents=True, exist_ok=True)
     command = "advbench " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     _configure_logging(run_dir)
-    if torch.get_num_threads() < (os.cpu_count() or 1):
+    # use every core, unless the user chose a thread count (OMP_NUM_THREADS: on a shared, loaded machine one
+    # thread can be many times faster than an oversubscribed pool)
+    if not os.environ.get("OMP_NUM_THREADS") and torch.get_num_threads() < (os.cpu_count() or 1):
         torch.set_num_threads(os.cpu_count() or 1)
     cache = Cache()
     banner = f"advbench {__version__}: suite {suite.name} on {chosen}, run folder {run_dir}, cache {cache.root}"

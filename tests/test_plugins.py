@@ -1,0 +1,388 @@
+"""The plugin manager: built-in registrations, hook validation, name clashes, lookup, and the hookspecs themselves.
+
+Throwaway plugins are registered in-process with ``advbench.plugins.register_plugin`` under unique names and
+always unregistered in a ``finally``; the ``clean_registry`` fixture calls ``plugins.reset()`` afterwards so no
+other test sees them.
+"""
+
+from __future__ import annotations
+
+import inspect
+import itertools
+from pathlib import Path
+
+import pluggy
+import pytest
+
+import advbench
+from advbench import api, hookspecs, plugins
+from advbench.api import KINDS
+
+TESTS = Path(__file__).resolve().parent
+_counter = itertools.count()
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{next(_counter)}-{id(object())}"
+
+
+@pytest.fixture(autouse=True)
+def clean_registry(tmp_path, monkeypatch):
+    monkeypatch.setenv("ADVBENCH_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv(plugins.DISABLE_ENV, raising=False)
+    plugins.reset()
+    yield
+    plugins.reset()
+
+
+class registered:
+    """``with registered(plugin):`` -- register a throwaway plugin, always unregister it."""
+
+    def __init__(self, plugin: object, name: str | None = None) -> None:
+        self.plugin, self.name = plugin, name or unique("test-plugin")
+
+    def __enter__(self):
+        plugins.register_plugin(self.plugin, name=self.name)
+        return self.plugin
+
+    def __exit__(self, *exc) -> None:
+        if plugins.get_manager().is_registered(self.plugin):
+            plugins.unregister_plugin(self.plugin)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the built-in components
+
+
+BUILTIN = {
+    "dataset": {"digits", "cifar10"},
+    "victim": {"small-cnn", "lenet", "alexnet", "vgg-like"},
+    "interpreter": {"gradient", "smoothgrad", "integrated-gradients", "gradcam", "lan", "lan-per-sample"},
+    "attack": {"fgsm", "bim", "pgd", "cw", "deepfool", "jsma"},
+    "detector": {"contrastive", "label-only", "feature-squeezing", "kd-bu", "lid", "mahalanobis"},
+    "executor": {"local"},
+}
+
+
+def test_every_builtin_kind_is_registered():
+    rows = plugins.components()
+    assert {r.kind for r in rows} == set(KINDS) == set(BUILTIN)
+    for kind, expected in BUILTIN.items():
+        assert expected <= set(plugins.names(kind)), kind
+        assert [r.kind for r in plugins.components(kind)] == [kind] * len(plugins.components(kind))
+    assert rows == sorted(rows, key=lambda r: (r.kind, r.name))
+    assert len({(r.kind, r.name) for r in rows}) == len(rows)  # aliases are folded, each component once
+
+
+@pytest.mark.parametrize("kind", sorted(KINDS))
+def test_builtin_registrations_are_well_formed(kind):
+    for reg in plugins.components(kind):
+        assert issubclass(reg.cls, KINDS[kind]) and reg.cls.kind == kind
+        assert reg.name == reg.cls.name and reg.name.strip() and " " not in reg.name
+        assert reg.description.strip() and "\n" not in reg.description, reg.name
+        assert isinstance(reg.cls.revision, str) and reg.cls.revision
+        assert reg.distribution == "advbench" and reg.version == advbench.__version__
+        assert issubclass(reg.cls.Options, api.Options), reg.name
+        defaults = reg.cls.Options()  # every option has a default: a suite may name just the plugin
+        with pytest.raises(Exception):
+            reg.cls.Options(definitely_not_an_option=1)  # extra=forbid
+        reg.cls(defaults)  # constructs without touching data
+        for alias in reg.aliases:
+            assert plugins.lookup(kind, alias) == plugins.lookup(kind, reg.name)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# one throwaway plugin per registration hook: each hook really adds a component
+
+
+class _Dataset(api.Dataset):
+    name = "zz-test-dataset"
+    description = "test"
+
+
+class _Victim(api.Victim):
+    name = "zz-test-victim"
+    description = "test"
+
+
+class _Interpreter(api.Interpreter):
+    name = "zz-test-interpreter"
+    description = "test"
+    aliases = ("zz-test-interp",)
+
+
+class _Attack(api.Attack):
+    name = "zz-test-attack"
+    description = "test"
+
+
+class _Detector(api.Detector):
+    name = "zz-test-detector"
+    description = "test"
+
+
+class _Executor(api.Executor):
+    name = "zz-test-executor"
+    description = "test"
+
+
+class DatasetPlugin:
+    @advbench.hookimpl
+    def register_datasets(register):
+        register(_Dataset)
+
+
+class VictimPlugin:
+    @advbench.hookimpl
+    def register_victims(register):
+        register(_Victim)
+
+
+class InterpreterPlugin:
+    @advbench.hookimpl
+    def register_interpreters(register):
+        register(_Interpreter)
+
+
+class AttackPlugin:
+    @advbench.hookimpl
+    def register_attacks(register):
+        register(_Attack)
+
+
+class DetectorPlugin:
+    @advbench.hookimpl
+    def register_detectors(register):
+        register(_Detector)
+
+
+class ExecutorPlugin:
+    @advbench.hookimpl
+    def register_executors(register):
+        register(_Executor)
+
+
+THROWAWAY = {"dataset": (DatasetPlugin, _Dataset), "victim": (VictimPlugin, _Victim),
+             "interpreter": (InterpreterPlugin, _Interpreter), "attack": (AttackPlugin, _Attack),
+             "detector": (DetectorPlugin, _Detector), "executor": (ExecutorPlugin, _Executor)}
+
+
+@pytest.mark.parametrize("kind", sorted(THROWAWAY))
+def test_each_registration_hook_adds_a_component(kind):
+    plugin, cls = THROWAWAY[kind]
+    assert cls.name not in plugins.names(kind)
+    with registered(plugin):
+        reg = plugins.lookup(kind, cls.name)
+        assert reg.cls is cls and reg.kind == kind
+        assert (reg.distribution, reg.version) == ("<local>", "0")  # not from an installed distribution
+        assert cls.name in [r.name for r in plugins.components(kind)]
+        other_kinds = [k for k in KINDS if k != kind]
+        assert all(cls.name not in plugins.names(k) for k in other_kinds)
+        if cls.aliases:
+            assert plugins.lookup(kind, cls.aliases[0]) == reg
+    assert cls.name not in plugins.names(kind)  # unregistered: gone
+
+
+class SectionPlugin:
+    def __init__(self) -> None:
+        self.calls = []
+
+    @advbench.hookimpl
+    def report_sections(self, results, run_dir):
+        self.calls.append((results["suite"], run_dir))
+        return [{"title": "Extra", "html": "<p>from a plugin</p>"}]
+
+
+def test_report_sections_hook_collects_every_plugins_reply():
+    first, second = SectionPlugin(), SectionPlugin()
+    with registered(first), registered(second):
+        replies = plugins.get_manager().hook.report_sections(results={"suite": "s"}, run_dir="/tmp/run")
+    assert replies == [[{"title": "Extra", "html": "<p>from a plugin</p>"}]] * 2  # one reply per plugin
+    assert first.calls == second.calls == [("s", "/tmp/run")]
+    assert plugins.get_manager().hook.report_sections(results={"suite": "s"}, run_dir="/tmp/run") == []
+
+
+# ---------------------------------------------------------------------------------------------------------
+# broken plugins
+
+
+def test_misspelled_hook_is_rejected():
+    class Typo:
+        @advbench.hookimpl
+        def register_attack(register):  # missing "s"
+            register(_Attack)
+
+    name = unique("typo")
+    with pytest.raises(plugins.PluginError) as info:
+        plugins.register_plugin(Typo, name=name)
+    message = str(info.value)
+    assert name in message and "register_attack" in message
+    assert "did you mean 'register_attacks'" in message
+    assert "\n" not in message
+    assert not plugins.get_manager().is_registered(Typo)
+    plugins.get_manager().check_pending()  # nothing left behind
+    assert _Attack.name not in plugins.names("attack")
+
+
+def test_hook_with_wrong_argument_name_is_a_plugin_error_not_a_pluggy_one():
+    class BadArgument:
+        @advbench.hookimpl
+        def register_detectors(reg):  # the hookspec's argument is "register"
+            reg(_Detector)
+
+    try:
+        with pytest.raises(plugins.PluginError) as info:
+            plugins.register_plugin(BadArgument, name=unique("bad-argument"))
+    finally:
+        if plugins.get_manager().is_registered(BadArgument):
+            plugins.unregister_plugin(BadArgument)
+    assert not isinstance(info.value, pluggy.PluginValidationError)
+    assert "register_detectors" in str(info.value) and "'reg'" in str(info.value)
+
+
+def test_registering_a_class_of_the_wrong_kind_is_rejected():
+    class WrongKind:
+        @advbench.hookimpl
+        def register_attacks(register):
+            register(_Detector)
+
+    with registered(WrongKind):
+        with pytest.raises(plugins.PluginError, match=r"register_attacks got .*not a subclass of advbench.api.Attack"):
+            plugins.registry()
+
+
+def test_registering_a_class_without_a_name_is_rejected():
+    class Nameless(api.Attack):
+        description = "no name"
+
+    class NamelessPlugin:
+        @advbench.hookimpl
+        def register_attacks(register):
+            register(Nameless)
+
+    with registered(NamelessPlugin):
+        with pytest.raises(plugins.PluginError, match="has no name"):
+            plugins.components()
+
+
+def test_clash_with_a_builtin_name_names_both_distributions():
+    class FakeFgsm(api.Attack):
+        name = "fgsm"
+        description = "a clash"
+
+    class Clash:
+        @advbench.hookimpl
+        def register_attacks(register):
+            register(FakeFgsm)
+
+    with registered(Clash):
+        with pytest.raises(plugins.PluginError) as info:
+            plugins.lookup("attack", "fgsm")
+    message = str(info.value)
+    assert "'fgsm'" in message and "advbench (FGSM)" in message and "<local>" in message
+    assert "FakeFgsm" in message and plugins.DISABLE_ENV in message
+    assert plugins.lookup("attack", "fgsm").distribution == "advbench"  # clean again once unregistered
+
+
+@pytest.mark.parametrize("clash", ["name", "alias"])
+def test_two_distributions_registering_the_same_name_is_an_error_naming_both(monkeypatch, clash):
+    label = unique("zz-dup")
+
+    class First(api.Interpreter):
+        name = label
+        description = "first"
+
+    class Second(api.Interpreter):
+        name = label if clash == "name" else unique("zz-other")
+        aliases = () if clash == "name" else (label,)
+        description = "second"
+
+    class PluginA:
+        @advbench.hookimpl
+        def register_interpreters(register):
+            register(First)
+
+    class PluginB:
+        @advbench.hookimpl
+        def register_interpreters(register):
+            register(Second)
+
+    fake = {PluginA: ("advbench-first", "1.2"), PluginB: ("advbench-second", "3.4")}
+    real = plugins._distribution_of
+    monkeypatch.setattr(plugins, "_distribution_of", lambda pm, plugin: fake.get(plugin) or real(pm, plugin))
+    with registered(PluginA), registered(PluginB):
+        with pytest.raises(plugins.PluginError) as info:
+            plugins.registry()
+    message = str(info.value)
+    assert "advbench-first" in message and "advbench-second" in message
+    assert f"interpreter name {label!r}" in message
+    assert "First" in message and "Second" in message
+
+
+def test_disable_env_skips_an_entry_point(monkeypatch):
+    monkeypatch.setenv(plugins.DISABLE_ENV, "attacks, executors")
+    plugins.reset()
+    assert plugins.names("attack") == [] and plugins.names("executor") == []
+    assert "digits" in plugins.names("dataset")
+    with pytest.raises(plugins.PluginError, match="installed: none"):
+        plugins.lookup("attack", "fgsm")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# lookup
+
+
+def test_lookup_of_an_unknown_name_lists_installed_names_and_the_closest_match():
+    with pytest.raises(plugins.PluginError) as info:
+        plugins.lookup("attack", "fgsn")
+    message = str(info.value)
+    assert "unknown attack 'fgsn'" in message
+    assert f"installed: {', '.join(plugins.names('attack'))}" in message
+    assert message.endswith("did you mean 'fgsm'?")
+
+    with pytest.raises(plugins.PluginError) as info:
+        plugins.lookup("detector", "contrastiv")
+    assert "did you mean 'contrastive'?" in str(info.value)
+
+    with pytest.raises(plugins.PluginError) as info:
+        plugins.lookup("interpreter", "qqqqqqqqqqqq")
+    assert "did you mean" not in str(info.value)
+    assert "gradient" in str(info.value) and "lan-per-sample" in str(info.value)
+
+
+def test_lookup_accepts_aliases():
+    reg = plugins.lookup("attack", "bim")
+    for alias in reg.aliases:
+        assert plugins.lookup("attack", alias) == reg
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the hookspecs themselves (datasette-style meta-test)
+
+
+def _hookspecs() -> list[str]:
+    return sorted(name for name, fn in inspect.getmembers(hookspecs, inspect.isfunction)
+                  if hasattr(fn, "advbench_spec"))
+
+
+def test_hookspecs_are_the_registration_hooks_and_report_sections():
+    assert set(_hookspecs()) == {f"register_{kind}s" for kind in KINDS} | {"report_sections"}
+
+
+@pytest.mark.parametrize("hook", _hookspecs())
+def test_every_hookspec_is_documented_and_exercised_by_a_test(hook):
+    doc = inspect.getdoc(getattr(hookspecs, hook))
+    assert doc and len(doc) > 20, f"hookspec {hook} has no docstring"
+    implementations = [path.name for path in sorted(TESTS.glob("test_*.py"))
+                       if f"def {hook}(" in path.read_text(encoding="utf-8")]
+    assert implementations, f"no test implements the hook {hook} (def {hook}(...) in tests/test_*.py)"
+
+
+def test_registry_is_built_once_and_reset_rebuilds_it():
+    first = plugins.registry()
+    assert plugins.registry() is first
+    plugins.reset()
+    second = plugins.registry()
+    assert second is not first and second.keys() == first.keys()
+    assert {k: set(v) for k, v in second.items()} == {k: set(v) for k, v in first.items()}
+
