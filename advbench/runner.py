@@ -168,8 +168,9 @@ class Runner:
                                     f"{reg.kind} {reg.name!r}: {first}") from None
             key = make_key("checkpoint", {"sha256": _file_digest(path)}, [], plugin_identity(reg))
             return _freeze(model, self.device), key
+        # the salt seeds the training, so it is part of the key: two victims with one recipe are two models
         config = {"options": _options_dict(options), "seed": self.spec.seed, "input_shape": list(input_shape),
-                  "num_classes": num_classes}
+                  "num_classes": num_classes, "salt": list(salt)}
         key = make_key(section, config, [inputs_key], plugin_identity(reg))
 
         def compute() -> dict[str, Any]:
@@ -259,7 +260,8 @@ class Runner:
         interpreter = ireg.cls(ioptions)
         ctx = self.ctx("interpreter", target, iname)
         state = interpreter.build(data.input_shape, data.num_classes)
-        ikey = make_key("interpreter", {"options": _options_dict(ioptions), "seed": spec.seed}, [victim_key],
+        ikey = make_key("interpreter", {"options": _options_dict(ioptions), "seed": spec.seed,
+                                        "salt": ["interpreter", target, iname]}, [victim_key],
                         plugin_identity(ireg))
         if state is not None:
             def fit_state() -> dict[str, Any]:
@@ -312,6 +314,7 @@ class Runner:
         x = torch.cat([eval_x, fit_x])
         y = torch.cat([eval_y, fit_y])
         config = {"options": _options_dict(aoptions), "seed": self.spec.seed, "batch_size": self.spec.batch_size,
+                  "salt": ["attack", aname, source],
                   "subset": subset_key}
         base_key = make_key("adversarial", config, [victim_key], plugin_identity(areg))
         chunks = []
@@ -375,7 +378,8 @@ class Runner:
             fit_success = adv["success"][n_eval:]
             fit_adv = adv["x_adv"][n_eval:][fit_success] if dreg.cls.needs_adversarial_fit else fit_x[:0]
             fit_on = [env_key, subset_key] + ([adv["key"]] if dreg.cls.needs_adversarial_fit else [])
-            key = make_key("scores", {"options": _options_dict(doptions), "seed": self.spec.seed}, fit_on,
+            key = make_key("scores", {"options": _options_dict(doptions), "seed": self.spec.seed,
+                                      "salt": ["detector", dname, iname, target]}, fit_on,
                            plugin_identity(dreg))
             label = f"{dname}{'/' + iname if iname else ''} on {target}, {aname} from {source}"
 
