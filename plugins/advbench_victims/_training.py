@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import time
 from typing import Optional
 
 import torch
@@ -10,6 +12,8 @@ from pydantic import Field
 from torch import nn
 
 from advbench.api import Options, RunContext
+
+log = logging.getLogger("advbench.victims")
 
 
 class TrainOptions(Options):
@@ -70,7 +74,8 @@ def train_classifier(model: nn.Module, train_x: torch.Tensor, train_y: torch.Ten
                                                    steps_per_epoch=steps_per_epoch)
     total = opts.epochs * steps_per_epoch
     steps = iter(ctx.track(range(total), f"{label} ({opts.epochs} epochs)", total))
-    for _ in range(opts.epochs):
+    for epoch in range(opts.epochs):
+        started, loss_sum, seen = time.perf_counter(), 0.0, 0
         for xb, yb in ctx.batches(train_x, train_y, shuffle=True, generator=generator, batch_size=batch_size):
             if opts.augment:
                 xb = augment_batch(xb.cpu(), generator, flip=flip).to(ctx.device)
@@ -81,6 +86,10 @@ def train_classifier(model: nn.Module, train_x: torch.Tensor, train_y: torch.Ten
             optimizer.step()
             schedule.step()
             next(steps, None)
+            loss_sum += float(loss.detach()) * len(yb)
+            seen += len(yb)
+        log.info("%s: epoch %d/%d, loss %.4f, %.1fs", label, epoch + 1, opts.epochs, loss_sum / max(1, seen),
+                 time.perf_counter() - started)
     for _ in steps:  # drain so the bar completes
         pass
     model.to(memory_format=torch.contiguous_format).eval()
