@@ -260,13 +260,20 @@ class Runner:
         interpreter = ireg.cls(ioptions)
         ctx = self.ctx("interpreter", target, iname)
         state = interpreter.build(data.input_shape, data.num_classes)
-        ikey = make_key("interpreter", {"options": _options_dict(ioptions), "seed": spec.seed,
-                                        "salt": ["interpreter", target, iname]}, [victim_key],
-                        plugin_identity(ireg))
+        # a slow interpreter may fit and feed f2 on a seeded subset of the training set
+        limit = spec.interpreters[iname].mask_train_limit or spec.evaluation.mask_train_limit
+        train_x, train_y = data.train_x, data.train_y
+        if limit is not None and limit < len(train_x):
+            order = torch.randperm(len(train_x), generator=self.ctx().generator("mask-train-subset"))[:limit]
+            train_x, train_y = train_x[order], train_y[order]
+        iconfig = {"options": _options_dict(ioptions), "seed": spec.seed, "salt": ["interpreter", target, iname]}
+        if limit is not None:
+            iconfig["train_limit"] = limit
+        ikey = make_key("interpreter", iconfig, [victim_key], plugin_identity(ireg))
         if state is not None:
             def fit_state() -> dict[str, Any]:
                 state.to(self.device).train()
-                interpreter.fit(state, victim, data.train_x, data.train_y, ctx)
+                interpreter.fit(state, victim, train_x, train_y, ctx)
                 return {"state_dict": {k: v.cpu() for k, v in state.state_dict().items()}}
 
             payload = self.stage("interpreter", f"{iname} on {target}", ikey, fit_state)
@@ -276,11 +283,6 @@ class Runner:
         def explain(x: torch.Tensor) -> torch.Tensor:
             return interpreter.explain(state, victim, x, ctx).clamp(0, 1)
 
-        limit = spec.interpreters[iname].mask_train_limit or spec.evaluation.mask_train_limit
-        train_x, train_y = data.train_x, data.train_y
-        if limit is not None and limit < len(train_x):
-            order = torch.randperm(len(train_x), generator=self.ctx().generator("mask-train-subset"))[:limit]
-            train_x, train_y = train_x[order], train_y[order]
         mkey = make_key("masks", {"split": "train", "limit": limit}, [ikey])
         masks = self.stage("masks", f"{iname} on {target}: training masks", mkey, lambda: {
             "masks": self.batched(explain, train_x, f"masks {iname}/{target} (train)").half()})["masks"]

@@ -31,8 +31,8 @@ class ComponentSpec(_Strict):
     options: dict[str, Any] = Field(default_factory=dict)
     checkpoint: Optional[str] = Field(None, description="victims and mask_classifier: load these weights instead of "
                                       "training (a state_dict file, loaded with weights_only=True)")
-    mask_train_limit: Optional[int] = Field(None, ge=1, description="interpreters: train f2 on the masks of this "
-                                            "many training images (for slow interpreters)")
+    mask_train_limit: Optional[int] = Field(None, ge=1, description="interpreters: fit the interpreter and train "
+                                            "its f2 on this many training images (for slow interpreters)")
 
 
 class PairSpec(_Strict):
@@ -47,7 +47,7 @@ class EvaluationSpec(_Strict):
     n_eval: int = Field(500, ge=1, description="test images attacked for the evaluation pairs")
     n_fit: int = Field(200, ge=0, description="further test images, disjoint, to fit detectors that learn")
     filtered: bool = Field(True, description="also report rows on inputs whose benign mask f2 reads correctly")
-    mask_train_limit: Optional[int] = Field(None, ge=1, description="train f2 on masks of this many training images")
+    mask_train_limit: Optional[int] = Field(None, ge=1, description="default mask_train_limit of every interpreter")
 
 
 class SuiteSpec(_Strict):
