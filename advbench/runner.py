@@ -554,6 +554,7 @@ def run_suite(suite: Suite, run_dir: Path, device: torch.device, cache: Cache, l
         runners.append(runner)
         out = runner.run()
         out["_gallery"] = runner.gallery
+        out["_sweep"] = values
         return out
 
     error: Optional[BaseException] = None
@@ -595,6 +596,8 @@ def _merge(results: dict[str, Any], out: dict[str, Any]) -> None:
     for key in ("interpreters", "attacks", "detection", "worst_case", "warnings"):
         results[key].extend(out.get(key, []))
     results["victims"].update(out.get("victims", {}))
+    if out.get("_sweep"):  # a swept field may change a victim: keep every point's
+        results.setdefault("points", []).append({"sweep": out["_sweep"], "victims": out.get("victims", {})})
     results.setdefault("dataset", out.get("dataset"))
     results.setdefault("evaluation", out.get("evaluation"))
 
