@@ -68,6 +68,16 @@ def _freeze(model: nn.Module, device: torch.device) -> nn.Module:
     return model
 
 
+@contextlib.contextmanager
+def seeded(seed: int, device: torch.device):
+    """Run library code that draws from torch's global RNG (weight init, dropout, third-party attacks) from a
+    seed the harness derived, and give the caller's global RNG state back afterwards."""
+    devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed % (2 ** 63))
+        yield
+
+
 @dataclass
 class StageRecord:
     stage: str
@@ -152,7 +162,9 @@ class Runner:
         field_path = f"{section}.{name}" if name else section
         classifier = reg.cls(options)
         input_shape = tuple(train_x.shape[1:])
-        model = classifier.build(input_shape, num_classes)
+        ctx = self.ctx(*salt)
+        with seeded(ctx.derive_seed("build"), self.device):
+            model = classifier.build(input_shape, num_classes)
         if checkpoint:
             path = Path(checkpoint).expanduser()
             if not path.is_file():
@@ -174,7 +186,8 @@ class Runner:
         key = make_key(section, config, [inputs_key], plugin_identity(reg))
 
         def compute() -> dict[str, Any]:
-            classifier.fit(model, train_x, train_y, self.ctx(*salt))
+            with seeded(ctx.derive_seed("fit"), self.device):
+                classifier.fit(model, train_x, train_y, ctx)
             return {"state_dict": {k: v.cpu() for k, v in model.state_dict().items()}}
 
         payload = self.stage("victim" if section == "victims" else "mask-classifier", label, key, compute)
@@ -259,7 +272,8 @@ class Runner:
         ireg, ioptions = self.suite.component("interpreters", iname)
         interpreter = ireg.cls(ioptions)
         ctx = self.ctx("interpreter", target, iname)
-        state = interpreter.build(data.input_shape, data.num_classes)
+        with seeded(ctx.derive_seed("build"), self.device):
+            state = interpreter.build(data.input_shape, data.num_classes)
         # a slow interpreter may fit and feed f2 on a seeded subset of the training set
         limit = spec.interpreters[iname].mask_train_limit or spec.evaluation.mask_train_limit
         train_x, train_y = data.train_x, data.train_y
@@ -273,7 +287,8 @@ class Runner:
         if state is not None:
             def fit_state() -> dict[str, Any]:
                 state.to(self.device).train()
-                interpreter.fit(state, victim, train_x, train_y, ctx)
+                with seeded(ctx.derive_seed("fit"), self.device):
+                    interpreter.fit(state, victim, train_x, train_y, ctx)
                 return {"state_dict": {k: v.cpu() for k, v in state.state_dict().items()}}
 
             payload = self.stage("interpreter", f"{iname} on {target}", ikey, fit_state)
@@ -281,7 +296,8 @@ class Runner:
             _freeze(state, self.device)
 
         def explain(x: torch.Tensor) -> torch.Tensor:
-            return interpreter.explain(state, victim, x, ctx).clamp(0, 1)
+            with seeded(ctx.derive_seed("explain"), self.device):
+                return interpreter.explain(state, victim, x, ctx).clamp(0, 1)
 
         mkey = make_key("masks", {"split": "train", "limit": limit}, [ikey])
         masks = self.stage("masks", f"{iname} on {target}: training masks", mkey, lambda: {
@@ -359,7 +375,9 @@ class Runner:
         for start in range(0, len(x), ctx.batch_size):
             xb = x[start:start + ctx.batch_size].to(self.device)
             yb = y[start:start + ctx.batch_size].to(self.device)
-            adv = attack.run(model, xb, yb, ctx.child(start)).detach()
+            batch_ctx = ctx.child(start)
+            with seeded(batch_ctx.seed, self.device):
+                adv = attack.run(model, xb, yb, batch_ctx).detach()
             if adv.shape != xb.shape:
                 raise AdvbenchError(f"attack {attack.name!r} returned shape {tuple(adv.shape)} for input "
                                     f"{tuple(xb.shape)}")
@@ -386,7 +404,8 @@ class Runner:
             label = f"{dname}{'/' + iname if iname else ''} on {target}, {aname} from {source}"
 
             def compute() -> dict[str, Any]:
-                detector.fit(env, fit_x, fit_adv, ctx)
+                with seeded(ctx.derive_seed("fit"), self.device):
+                    detector.fit(env, fit_x, fit_adv, ctx)
                 benign = self._score(detector, env, eval_x, ctx, f"score benign ({label})")
                 adversarial_out = self._score(detector, env, adv["x_adv"][:n_eval], ctx, f"score adversarial ({label})")
                 return {"benign": benign, "adversarial": adversarial_out}
@@ -435,7 +454,8 @@ class Runner:
         scores, flags = [], []
         steps = range(0, len(x), ctx.batch_size)
         for start in ctx.track(steps, label, len(steps)):
-            out = detector.score(env, x[start:start + ctx.batch_size].to(self.device), ctx)
+            with seeded(ctx.derive_seed("score", start), self.device):
+                out = detector.score(env, x[start:start + ctx.batch_size].to(self.device), ctx)
             scores.append(out.score.detach().float().cpu())
             if out.flag is not None:
                 flags.append(out.flag.detach().bool().cpu())

@@ -215,6 +215,114 @@ def heatmap_figure(panels: Sequence[dict[str, Any]], row_labels: Sequence[str], 
         return _to_svg(fig, prefix)
 
 
+MARKERS = ["o", "s", "^", "D", "v", "P", "X", "<", ">", "*"]
+
+
+def _sweep_axis(ax, x: Sequence[float], ticklabels: Sequence[str], numeric: bool, xlabel: str) -> None:
+    """The swept value on x: the values themselves when they are numbers, else one category per setting."""
+    ax.set_xticks(list(x))
+    if numeric:
+        ax.set_xticklabels([mpl_text(t) for t in ticklabels])
+    else:
+        rotate = max((len(str(t)) for t in ticklabels), default=0) * len(ticklabels) > 48
+        ax.set_xticklabels([mpl_text(_shorten(str(t), 28)) for t in ticklabels], rotation=25 if rotate else 0,
+                           ha="right" if rotate else "center")
+        if len(x):
+            ax.set_xlim(min(x) - 0.4, max(x) + 0.4)
+    ax.set_xlabel(mpl_text(xlabel))
+
+
+def sweep_lines_figure(panels: Sequence[dict[str, Any]], x: Sequence[float], ticklabels: Sequence[str],
+                       numeric: bool = True, xlabel: str = "", prefix: str = "sweep") -> str:
+    """Metrics against a swept value as SVG, one panel per entry side by side.
+
+    Each panel: ``{"title", "ylabel", "chance": float|None (a grey reference line), "series": [{"label",
+    "values": [one per x, number or None], "color": int, "dash": int (0 solid), "marker": int}]}``. ``x``: the
+    positions (the swept values, or 0..n-1 for categories) and ``ticklabels`` their labels. A missing value
+    breaks its line. The y axis spans [0, 1].
+    """
+    matplotlib = _matplotlib()
+    n = max(1, len(panels))
+    entries = max([len(p.get("series") or []) for p in panels] or [1])
+    legend_rows = math.ceil(entries / 2)
+    width, height = 4.0 * n, 3.0 + 0.17 * legend_rows
+    with matplotlib.rc_context(_RC):
+        fig = _figure(width, height)
+        axes = [fig.add_subplot(1, n, i + 1) for i in range(n)]
+        for ax, panel in zip(axes, panels):
+            chance = panel.get("chance")
+            if _is_number(chance):
+                ax.axhline(chance, color="#bbbbbb", linewidth=0.8, linestyle=(0, (3, 3)), zorder=1)
+            for series in panel.get("series") or []:
+                color = PALETTE[int(series.get("color", 0)) % len(PALETTE)]
+                dash = int(series.get("dash", 0))
+                style = "-" if dash <= 0 else DASHES[(dash - 1) % len(DASHES)]
+                values = [float(v) if _is_number(v) else np.nan for v in series.get("values") or []]
+                values += [np.nan] * (len(x) - len(values))
+                ax.plot(list(x), values[:len(x)], color=color, linestyle=style, linewidth=1.5,
+                        marker=MARKERS[int(series.get("marker", 0)) % len(MARKERS)], markersize=4.5,
+                        label=mpl_text(_shorten(str(series.get("label", "")), 40)), zorder=3)
+            ax.set_ylim(-0.02, 1.02)
+            ax.set_ylabel(mpl_text(panel.get("ylabel", "")))
+            ax.set_title(mpl_text(panel.get("title", "")), loc="left")
+            ax.grid(True, zorder=0)
+            _sweep_axis(ax, x, ticklabels, numeric, xlabel)
+            if panel.get("series"):
+                ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.2 if numeric else -0.26), ncol=2,
+                          handlelength=2.4, columnspacing=1.0, borderaxespad=0.0)
+        fig.subplots_adjust(wspace=0.3)
+        return _to_svg(fig, prefix)
+
+
+def tradeoff_scatter_figure(series: Sequence[dict[str, Any]], prefix: str = "tradeoff") -> str:
+    """TPR (y) against TNR (x) as SVG, one marker per setting.
+
+    Each series: ``{"label", "color": int, "marker": int, "hollow": bool, "annotate": bool, "points": [{"tnr",
+    "tpr", "label", "gid"}], "connect": bool}``. Each marker is its own SVG group with id ``<prefix>-<gid>``; where
+    ``connect`` a series' points are joined in order by a faint line, and where ``annotate`` labelled. The grey
+    diagonal is chance (TPR = 1 - TNR); up and to the right is better.
+    """
+    matplotlib = _matplotlib()
+    from matplotlib.lines import Line2D
+
+    with matplotlib.rc_context(_RC):
+        fig = _figure(4.6, 4.4)
+        ax = fig.add_subplot(1, 1, 1)
+        ax.plot([0, 1], [1, 0], color="#bbbbbb", linewidth=0.8, linestyle=(0, (3, 3)), zorder=1)
+        handles, labels = [], []
+        for s in series:
+            color = PALETTE[int(s.get("color", 0)) % len(PALETTE)]
+            marker = MARKERS[int(s.get("marker", 0)) % len(MARKERS)]
+            hollow = bool(s.get("hollow"))
+            face = "white" if hollow else color
+            points = [p for p in s.get("points") or [] if _is_number(p.get("tnr")) and _is_number(p.get("tpr"))]
+            if len(points) > 1 and s.get("connect", True):
+                ax.plot([p["tnr"] for p in points], [p["tpr"] for p in points], color=color, alpha=0.35,
+                        linewidth=1.0, linestyle=(0, (2, 2)) if hollow else "-", zorder=2)
+            for p in points:
+                line, = ax.plot([p["tnr"]], [p["tpr"]], linestyle="none", marker=marker, markersize=7,
+                                markerfacecolor=face, markeredgecolor=color if hollow else "#222222",
+                                markeredgewidth=1.1 if hollow else 0.6, zorder=4 if not hollow else 3)
+                if p.get("gid"):
+                    line.set_gid(str(p["gid"]))
+                if s.get("annotate", True) and p.get("label") not in (None, ""):
+                    ax.annotate(mpl_text(_shorten(str(p["label"]), 24)), (p["tnr"], p["tpr"]),
+                                textcoords="offset points", xytext=(5, 4), fontsize=7, color="#333333", zorder=5)
+            handles.append(Line2D([], [], linestyle="none", marker=marker, markersize=6.5, markerfacecolor=face,
+                                  markeredgecolor=color if hollow else "#222222"))
+            labels.append(mpl_text(_shorten(str(s.get("label", "")), 40)))
+        ax.set_xlim(-0.02, 1.05)
+        ax.set_ylim(-0.02, 1.05)
+        ax.set_aspect("equal")
+        ax.set_xlabel("TNR (benign inputs passed)")
+        ax.set_ylabel("TPR (adversarial inputs flagged)")
+        ax.grid(True, zorder=0)
+        handles.append(Line2D([], [], color="#bbbbbb", linewidth=0.8, linestyle=(0, (3, 3))))
+        labels.append("chance (TPR = 1 − TNR)")
+        ax.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2, borderaxespad=0.0)
+        return _to_svg(fig, prefix)
+
+
 def image_data_uri(array: Any, target: int = 96) -> Optional[str]:
     """A C x H x W (or H x W) array in [0, 1] as a PNG data URI, upscaled (nearest) to about ``target`` px.
 

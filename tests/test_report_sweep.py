@@ -1,0 +1,275 @@
+"""The report's sweep trade-off section: a table per setting, lines against the swept value, a TPR/TNR scatter."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+import yaml
+
+from advbench.report import render_report
+from advbench.report.render import fmt
+
+REPO = Path(__file__).resolve().parents[1]
+FIELD = "interpreters.lan.options.beta"
+BETAS = [0.5, 1, 2]
+ATTACKS = ["fgsm", "pgd"]
+DETECTORS = [("label-only", None), ("contrastive", "lan")]  # the control listed first: the page puts it last
+
+
+# ---------------------------------------------------------------------------------------------------------
+# a results.json with a sweep, following docs/DESIGN.md
+
+
+def _value(*parts: int) -> float:
+    return round(0.3 + 0.65 * ((sum((k + 3) * p for k, p in enumerate(parts)) * 0.618034) % 1.0), 5)
+
+
+def make_results(fields: list[str] | None = None, points: list[dict] | None = None) -> dict:
+    fields = fields or [FIELD]
+    points = points or [{FIELD: b} for b in BETAS]
+    detection, interpreters, worst = [], [], []
+    for p, sweep in enumerate(points):
+        interpreters.append({"victim": "cnn", "interpreter": "lan", "plugin": "lan", "mask_classifier": "lenet",
+                             "mask_classifier_accuracy": _value(p, 7), "majority_class_share": 0.2,
+                             "sweep": dict(sweep)})
+        for d, (detector, interp) in enumerate(DETECTORS):
+            for a, attack in enumerate(ATTACKS):
+                for s, (subset, population) in enumerate([("all", "successful"), ("filtered", "successful"),
+                                                          ("all", "attacked")]):
+                    detection.append({
+                        "detector": detector, "interpreter": interp, "attack": attack, "source": "cnn",
+                        "target": "cnn", "subset": subset, "population": population, "n_adversarial": 40,
+                        "n_benign": 40, "tpr": _value(p, d, a, s, 1), "tnr": _value(p, d, a, s, 2),
+                        "auroc": _value(p, d, a, s, 3), "tpr_at_fpr_1": None, "tpr_at_fpr_5": None,
+                        "tpr_at_fpr_10": None, "tnr_at_tpr_90": None, "tnr_at_tpr_95": None,
+                        "mask_invariance": None, "recovery_rate": None, "score_definition": "s",
+                        "roc": {"fpr": [0, 0.5, 1], "tpr": [0, 0.7, 1]}, "operating_point": None,
+                        "sweep": dict(sweep)})
+            worst.append({"detector": detector, "interpreter": interp, "source": "cnn", "target": "cnn",
+                          "subset": "all", "n_pairs": 2, "auroc": 0.5, "tpr": 0.5, "tnr": 0.5, "sweep": dict(sweep)})
+    return {
+        "suite": "sweep-test", "complete": True, "seed": 0, "device": "cpu", "sweep_fields": fields,
+        "dataset": {"plugin": "digits", "classes": [str(i) for i in range(10)], "n_train": 100, "n_test": 50},
+        "victims": {"cnn": {"plugin": "small-cnn", "clean_accuracy": 0.95}},
+        "points": [{"sweep": dict(s), "victims": {"cnn": {"plugin": "small-cnn", "clean_accuracy": 0.9 + 0.01 * i}}}
+                   for i, s in enumerate(points)],
+        "interpreters": interpreters,
+        "attacks": [{"attack": a, "plugin": a, "norm": "linf", "source": "cnn", "n": 40, "n_success": 30,
+                     "success_rate": 0.75, "mean_linf": 0.1, "mean_l2": 1.0, "mean_l0": 64, "sweep": dict(s)}
+                    for s in points for a in ATTACKS],
+        "detection": detection,
+        "worst_case": worst,
+        "warnings": ["contrastive/lan on fgsm (cnn->cnn, all): AUROC 0.510 is within 0.05 of label-only's 0.500"],
+        "missing": [],
+    }
+
+
+class Page(HTMLParser):
+    """Tables by id: header rows and body rows as (text, css class) cells."""
+
+    def __init__(self, html: str) -> None:
+        super().__init__(convert_charrefs=True)
+        self.tables: dict[str, dict] = {}
+        self._table = self._row = self._cell = None
+        self._head = False
+        self.feed(html)
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if tag == "table" and attrs.get("id"):
+            self._table = self.tables[attrs["id"]] = {"head": [], "rows": [], "row_cls": []}
+        elif tag == "thead":
+            self._head = True
+        elif tag == "tr" and self._table is not None:
+            self._row = []
+            if not self._head:
+                self._table["row_cls"].append(attrs.get("class") or "")
+        elif tag in ("td", "th") and self._row is not None:
+            self._cell = ["", attrs.get("class") or ""]
+        elif tag == "strong" and self._cell is not None:
+            self._cell[1] += " <strong>"
+
+    def handle_endtag(self, tag):
+        if tag in ("td", "th") and self._cell is not None:
+            self._row.append((self._cell[0].strip(), self._cell[1]))
+            self._cell = None
+        elif tag == "tr" and self._row is not None:
+            self._table["head" if self._head else "rows"].append(self._row)
+            self._row = None
+        elif tag == "thead":
+            self._head = False
+        elif tag == "table":
+            self._table = None
+
+    def handle_data(self, data):
+        if self._cell is not None:
+            self._cell[0] += data
+
+
+def render(tmp_path: Path, results: dict) -> str:
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    (tmp_path / "results.json").write_text(json.dumps(results))
+    return render_report(tmp_path).read_text(encoding="utf-8")
+
+
+def section(html: str) -> str:
+    start = html.index('<section id="sweep"')
+    return html[start:html.index("</section>", start)]
+
+
+def row_of(results: dict, detector: str, attack: str, sweep: dict) -> dict:
+    found = [r for r in results["detection"] if r["detector"] == detector and r["attack"] == attack
+             and r["sweep"] == sweep and r["subset"] == "all" and r["population"] == "successful"]
+    assert len(found) == 1
+    return found[0]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# (a) a synthetic results.json
+
+
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory):
+    results = make_results()
+    html = render(tmp_path_factory.mktemp("sweep"), results)
+    return results, html, Page(html)
+
+
+def test_section_and_table_values(synthetic):
+    results, html, page = synthetic
+    assert '<a href="#sweep">Sweep trade-off</a>' in html
+    part = section(html)
+    assert "<h2>Sweep trade-off</h2>" in part and f"<code>{FIELD}</code>" in part
+    table = page.tables["table-sweep"]
+    groups, header = [c[0] for c in table["head"][0]], [c[0] for c in table["head"][1]]
+    assert groups == ["setting"] + ATTACKS
+    lead = header.index("AUROC")
+    assert header[:lead] == ["detector", "interpreter", "victim", "beta", "f1 accuracy", "f2 accuracy"]
+    assert header[lead:] == ["AUROC", "TPR", "TNR"] * len(ATTACKS)
+    rows = table["rows"]
+    assert len(rows) == len(DETECTORS) * len(BETAS)
+    # the contrastive detector's rows first, label-only's after them as the control
+    assert [r[0][0] for r in rows] == ["contrastive"] * 3 + ["label-only (control)"] * 3
+    assert all("control" in c for c in table["row_cls"][3:]) and "group-start" in table["row_cls"][3]
+    f2 = {json.dumps(r["sweep"]): r["mask_classifier_accuracy"] for r in results["interpreters"]}
+    f1 = {json.dumps(p["sweep"]): p["victims"]["cnn"]["clean_accuracy"] for p in results["points"]}
+    for k, row in enumerate(rows):
+        detector = "contrastive" if k < 3 else "label-only"
+        sweep = {FIELD: BETAS[k % 3]}
+        cells = [c[0] for c in row]
+        assert cells[3] == str(BETAS[k % 3])
+        assert cells[4] == fmt(f1[json.dumps(sweep)])
+        assert cells[5] == (fmt(f2[json.dumps(sweep)]) if detector == "contrastive" else "—")
+        for a, attack in enumerate(ATTACKS):
+            r = row_of(results, detector, attack, sweep)
+            assert cells[lead + 3 * a: lead + 3 * a + 3] == [fmt(r["auroc"]), fmt(r["tpr"]), fmt(r["tnr"])]
+
+
+def test_best_setting_per_attack_is_bold(synthetic):
+    results, html, page = synthetic
+    table = page.tables["table-sweep"]
+    header = [c[0] for c in table["head"][1]]
+    lead = header.index("AUROC")
+    for start, detector in [(0, "contrastive"), (3, "label-only")]:
+        for a, attack in enumerate(ATTACKS):
+            values = [row_of(results, detector, attack, {FIELD: b})["auroc"] for b in BETAS]
+            best = values.index(max(values))
+            cells = [table["rows"][start + p][lead + 3 * a] for p in range(3)]
+            assert [("best" in cls, "<strong>" in cls) for _, cls in cells] == \
+                [(p == best, p == best) for p in range(3)], (detector, attack)
+            # TPR and TNR cells are never marked
+            assert not any("best" in table["rows"][start + p][lead + 3 * a + 1][1] for p in range(3))
+
+
+def test_scatter_has_one_marker_per_point_and_attack(synthetic):
+    results, html, page = synthetic
+    part = section(html)
+    figure = part[part.index('<figure class="sweep-scatter"'):]
+    figure = figure[:figure.index("</figure>")]
+    assert figure.count("<svg") == 1
+    assert 'data-points="6"' in figure
+    markers = re.findall(r'<g id="sweepscatter-point-(\d+)-(\d+)"', figure)
+    assert sorted(markers) == sorted((str(a), str(p)) for a in range(len(ATTACKS)) for p in range(len(BETAS)))
+    control = re.findall(r'<g id="sweepscatter-control-(\d+)-(\d+)"', figure)
+    assert len(control) == len(ATTACKS) * len(BETAS)  # label-only drawn hollow beside it
+    assert "contrastive/lan on cnn" in figure and "label-only on cnn" in figure
+    lines = part[part.index('<figure class="sweep-lines"'):]
+    assert lines[:lines.index("</figure>")].count("<svg") == 1
+    ids = re.findall(r'\bid="([^"]+)"', html)
+    assert len(ids) == len(set(ids))
+
+
+def test_warnings_are_prominent(synthetic):
+    results, html, page = synthetic
+    assert 'href="#warnings">1 warning</a>' in html  # a chip in the page header
+    banner = html[html.index('id="warnings"'):]
+    assert "is within 0.05 of label-only&#39;s 0.500" in banner[:1000]
+    assert html.index('id="warnings"') < html.index('<section id="overview"')
+
+
+def test_no_sweep_no_section(tmp_path):
+    results = make_results()
+    results["sweep_fields"] = []
+    for key in ("detection", "interpreters", "attacks", "worst_case"):
+        for row in results[key]:
+            row.pop("sweep")
+    results["detection"] = [r for r in results["detection"] if r["auroc"]][:4]
+    del results["points"]
+    html = render(tmp_path, results)
+    assert '<section id="sweep"' not in html and "#sweep" not in html
+
+
+def test_several_fields_use_point_labels(tmp_path):
+    fields = ["attacks.fgsm.options.eps", "interpreters.lan.plugin"]
+    points = [{fields[0]: e, fields[1]: i} for e in (0.1, 0.3) for i in ("lan", "gradient")]
+    results = make_results(fields, points)
+    results["detection"][0]["auroc"] = None  # a missing value is shown as such, not fatal
+    html = render(tmp_path, results)
+    page = Page(html)
+    header = [c[0] for c in page.tables["table-sweep"]["head"][1]]
+    assert header[3:5] == ["eps", "plugin"]
+    assert len(page.tables["table-sweep"]["rows"]) == len(DETECTORS) * len(points)
+    part = section(html)
+    assert part.count("<svg") == 2 and "figure failed" not in part
+    assert len(re.findall(r'<g id="sweepscatter-point-', part)) == len(ATTACKS) * len(points)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# (b) a real tiny sweep through the CLI
+
+
+def test_real_sweep_run(tmp_path):
+    suite = yaml.safe_load((REPO / "suites" / "digits.yaml").read_text())
+    suite["sweep"] = {"attacks.fgsm.options.eps": [0.1, 0.3]}
+    path = tmp_path / "digits-sweep.yaml"
+    path.write_text(yaml.safe_dump(suite))
+    out = tmp_path / "run"
+    env = {**os.environ, "ADVBENCH_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "advbench.cli", "run", str(path), "--out", str(out),
+                           "--set", "victims.cnn.options.epochs=3", "--set", "mask_classifier.options.epochs=3",
+                           "--set", "evaluation.n_eval=60", "--set", "evaluation.n_fit=40"],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads((out / "results.json").read_text())
+    assert results["sweep_fields"] == ["attacks.fgsm.options.eps"]
+    swept = {r["sweep"]["attacks.fgsm.options.eps"] for r in results["detection"]}
+    assert swept == {0.1, 0.3}
+    html = (out / "index.html").read_text(encoding="utf-8")
+    part = section(html)
+    assert "<code>attacks.fgsm.options.eps</code>" in part and "(0.1, 0.3)" in part
+    table = Page(html).tables["table-sweep"]
+    rows = [[c[0] for c in r] for r in table["rows"]]
+    assert [r[3] for r in rows] == ["0.1", "0.3"]
+    header = [c[0] for c in table["head"][1]]
+    lead = header.index("AUROC")
+    for row, eps in zip(rows, (0.1, 0.3)):
+        r = row_of(results, "contrastive", "fgsm", {"attacks.fgsm.options.eps": eps})
+        assert row[lead:lead + 3] == [fmt(r["auroc"]), fmt(r["tpr"]), fmt(r["tnr"])]
+    assert len(re.findall(r'<g id="sweepscatter-point-0-\d"', part)) == 2
