@@ -208,18 +208,24 @@ class Runner:
         fit_x, fit_y = data.test_x[fit_idx], data.test_y[fit_idx]
         subset_key = _tensor_digest(torch.cat([eval_idx, fit_idx]))
 
-        # victims
+        # victims train when first needed (targets' interpreters, then attack sources), so a run can go on
+        # with one victim while another is still being trained elsewhere into the same cache
         victims: dict[str, nn.Module] = {}
         victim_keys: dict[str, str] = {}
-        for name, vspec in spec.victims.items():
-            model, key = self.train_classifier("victims", name, data_key, data.train_x, data.train_y,
-                                               data.num_classes, vspec.checkpoint, f"victims.{name}", ("victim", name))
-            victims[name], victim_keys[name] = model, key
-            accuracy = self.stage("metrics", f"clean accuracy {name}", make_key("accuracy", {}, [key, data_key]),
-                                  lambda m=model: {"accuracy": float((self.predict(m, data.test_x, f"accuracy {name}")
-                                                                      == data.test_y).float().mean())})
-            results["victims"][name] = {"plugin": self.suite.component("victims", name)[0].name,
-                                        "clean_accuracy": accuracy["accuracy"]}
+
+        def need(name: str) -> nn.Module:
+            if name not in victims:
+                vspec = spec.victims[name]
+                model, key = self.train_classifier("victims", name, data_key, data.train_x, data.train_y,
+                                                   data.num_classes, vspec.checkpoint, f"victims.{name}",
+                                                   ("victim", name))
+                victims[name], victim_keys[name] = model, key
+                accuracy = self.stage("metrics", f"clean accuracy {name}", make_key("accuracy", {}, [key, data_key]),
+                                      lambda: {"accuracy": float((self.predict(model, data.test_x, f"accuracy {name}")
+                                                                  == data.test_y).float().mean())})
+                results["victims"][name] = {"plugin": self.suite.component("victims", name)[0].name,
+                                            "clean_accuracy": accuracy["accuracy"]}
+            return victims[name]
 
         targets = list(dict.fromkeys(p.target for p in spec.evaluation.pairs))
         sources = list(dict.fromkeys(p.source for p in spec.evaluation.pairs))
@@ -229,7 +235,7 @@ class Runner:
         env_keys: dict[tuple[str, Optional[str]], str] = {}
         mask_labels: dict[tuple[str, str], Callable[[torch.Tensor, str], torch.Tensor]] = {}
         for target in targets:
-            detectors_env[(target, None)] = DetectorEnv(victims[target], data.train_x, data.train_y, data.num_classes)
+            detectors_env[(target, None)] = DetectorEnv(need(target), data.train_x, data.train_y, data.num_classes)
             env_keys[(target, None)] = victim_keys[target]
             for iname in spec.interpreters:
                 env, env_key, row, labeler = self.interpretation(target, iname, victims[target], victim_keys[target],
@@ -243,7 +249,7 @@ class Runner:
         adversarial: dict[tuple[str, str], dict[str, torch.Tensor]] = {}
         for aname in spec.attacks:
             for source in sources:
-                adv = self.attack(aname, source, victims[source], victim_keys[source], eval_x, eval_y, fit_x, fit_y,
+                adv = self.attack(aname, source, need(source), victim_keys[source], eval_x, eval_y, fit_x, fit_y,
                                   subset_key)
                 adversarial[(aname, source)] = adv
                 results["attacks"].append(adv["row"])
@@ -260,6 +266,8 @@ class Runner:
                     results["detection"].extend(rows)
                     results["worst_case"].extend(worst)
 
+        for name in spec.victims:
+            need(name)
         results["warnings"].extend(self.warnings(results))
         self.gallery = self.build_gallery(targets, detectors_env, mask_labels, adversarial, eval_x, eval_y, data.classes,
                                           victims)
