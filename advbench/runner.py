@@ -198,6 +198,7 @@ class Runner:
         spec = self.spec
         results: dict[str, Any] = {"victims": {}, "interpreters": [], "attacks": [], "detection": [],
                                    "worst_case": [], "warnings": []}
+        self.partial = results  # what an interrupted run still reports
         data, data_key = self.load_data()
         results["dataset"] = {"plugin": self.suite.component("dataset")[0].name, "classes": data.classes,
                               "n_train": len(data.train_x), "n_test": len(data.test_x)}
@@ -594,8 +595,14 @@ def run_suite(suite: Suite, run_dir: Path, device: torch.device, cache: Cache, l
         results["complete"] = True
     except BaseException as exc:  # record what was computed, then re-raise
         error = exc
-        results["missing"].append(f"stopped by {type(exc).__name__} after {len(results['stages'])} stages; "
-                                  "run again to resume from the cache")
+        for runner in runners:
+            _merge(results, {**getattr(runner, "partial", {}), "_sweep": runner.sweep_values})
+        done = sum(len(r.records) for r in runners)
+        results["missing"].append(f"stopped by {type(exc).__name__} after {done} stages; run the same command "
+                                  "again to resume from the cache")
+        for section in ("victims", "interpreters", "attacks", "detection"):
+            if not results[section]:
+                results["missing"].append(f"{section}: not computed")
     finally:
         results["stages"] = [vars(r) for runner in runners for r in runner.records]
         results["finished"] = datetime.now(timezone.utc).isoformat(timespec="seconds")

@@ -160,3 +160,28 @@ evaluation:
     assert results["interpreters"][0]["mask_channels"] in (1, 3)
     assert results["attacks"][0]["n"] == 100
     assert any(r["detector"] == "contrastive" for r in results["detection"])
+
+
+def test_interrupted_run_keeps_and_reports_what_it_computed(tmp_path):
+    """Ctrl-C mid-run: exit 130, results.json marked incomplete with what is missing, and a page that says so."""
+    cache = tmp_path / "cache"
+    out = tmp_path / "interrupted"
+    env = {**os.environ, "ADVBENCH_CACHE": str(cache)}
+    proc = subprocess.Popen([sys.executable, "-m", "advbench.cli", "run", "suites/digits.yaml", "--out", str(out)],
+                            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 600
+    while time.time() < deadline and proc.poll() is None:
+        if any(json.loads(m.read_text()).get("stage") == "victim" for m in cache.glob("*/*.json")):
+            break
+        time.sleep(0.2)
+    assert proc.poll() is None, "the run ended before it could be interrupted"
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 130, stderr[-2000:]
+    assert "Traceback" not in stderr
+    results = load_results(out)
+    assert results["complete"] is False
+    assert results["victims"]["cnn"]["clean_accuracy"] > 0.9  # computed before the interruption, kept
+    assert any("detection" in item for item in results["missing"])
+    page = (out / "index.html").read_text()
+    assert "incomplete" in page.lower()
