@@ -208,6 +208,7 @@ class Runner:
         eval_x, eval_y = data.test_x[eval_idx], data.test_y[eval_idx]
         fit_x, fit_y = data.test_x[fit_idx], data.test_y[fit_idx]
         subset_key = _tensor_digest(torch.cat([eval_idx, fit_idx]))
+        self.subset_key = subset_key  # every stage computed on the evaluation images keys on it
 
         # victims train when first needed (targets' interpreters, then attack sources), so a run can go on
         # with one victim while another is still being trained elsewhere into the same cache
@@ -321,7 +322,7 @@ class Runner:
             return self.predict(nn.Sequential(_Explain(explain), f2), x, label)
 
         # f2 accuracy on the benign evaluation masks
-        bkey = make_key("mask-labels", {"set": "eval"}, [ckey])
+        bkey = make_key("mask-labels", {"set": "eval", "subset": self.subset_key}, [ckey])
         benign_f2 = self.stage("masks", f"{iname} on {target}: evaluation mask labels", bkey,
                                lambda: {"labels": f2_labels(eval_x, f"f2 labels {iname}/{target}")})["labels"]
         accuracy = float((benign_f2 == eval_y).float().mean()) if len(eval_y) else None
@@ -426,7 +427,7 @@ class Runner:
                 labels = self.stage("masks", f"f2 labels {iname}/{target} on {aname} from {source}", lkey, lambda: {
                     "labels": f2_labels(adv["x_adv"][:n_eval], f"f2 labels {aname}/{source}")})["labels"]
                 if "benign" not in benign_cache:
-                    bkey = make_key("mask-labels", {"set": "eval"}, [env_key])
+                    bkey = make_key("mask-labels", {"set": "eval", "subset": subset_key}, [env_key])
                     benign_cache["benign"] = self.stage("masks", f"f2 labels {iname}/{target} benign", bkey, lambda: {
                         "labels": f2_labels(eval_x, f"f2 labels benign {iname}/{target}")})["labels"]
             success = adv["success"][:n_eval]

@@ -185,3 +185,16 @@ def test_interrupted_run_keeps_and_reports_what_it_computed(tmp_path):
     assert any("detection" in item for item in results["missing"])
     page = (out / "index.html").read_text()
     assert "incomplete" in page.lower()
+
+
+def test_runs_with_different_limits_share_a_cache_without_mixing_subsets(digits_run, digits_cache, tmp_path):
+    """Stages computed on the evaluation images are keyed on that subset: a --limit run after a full one
+    reuses the trained models but never the full run's per-image results."""
+    out = tmp_path / "limited"
+    advbench_cli("run", "suites/digits.yaml", "--out", str(out), "--no-report", "--limit", "40", cache=digits_cache)
+    results = load_results(out)
+    assert results["evaluation"]["n_eval"] == 40
+    assert results["attacks"][0]["n"] == 40
+    assert all(r["n_benign"] <= 40 for r in results["detection"])
+    cached = {s["stage"] for s in results["stages"] if s["cached"]}
+    assert {"victim", "mask-classifier"} <= cached
