@@ -484,11 +484,13 @@ class Runner:
     # ------------------------------------------------------------------ warnings and gallery
     def warnings(self, results: dict[str, Any]) -> list[str]:
         found = []
+        where = ", ".join(f"{k}={v}" for k, v in self.sweep_values.items())
+        suffix = f" [sweep point {where}]" if where else ""
         for row in results["interpreters"]:
             share = row.get("majority_class_share")
             if share is not None and share > 0.5:
                 found.append(f"mask classifier on {row['interpreter']}/{row['victim']} predicts one class for "
-                             f"{share:.0%} of benign masks: its detections mostly reflect label shift")
+                             f"{share:.0%} of benign masks: its detections mostly reflect label shift{suffix}")
         baseline = {(r["attack"], r["source"], r["target"], r["subset"], r["population"]): r["auroc"]
                     for r in results["detection"] if r["detector"] == "label-only"}
         for r in results["detection"]:
@@ -497,7 +499,7 @@ class Runner:
                     and r["population"] == "successful" and abs(r["auroc"] - ref) <= 0.05:
                 found.append(f"{r['detector']}{'/' + r['interpreter'] if r['interpreter'] else ''} on {r['attack']} "
                              f"({r['source']}->{r['target']}, {r['subset']}): AUROC {r['auroc']:.3f} is within 0.05 of "
-                             f"label-only's {ref:.3f}")
+                             f"label-only's {ref:.3f}{suffix}")
         return found
 
     def build_gallery(self, targets, envs, mask_labels, adversarial, eval_x, eval_y, classes, victims) -> list[dict]:
