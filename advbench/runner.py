@@ -515,16 +515,17 @@ class Runner:
                 def describe(x: torch.Tensor) -> dict[str, torch.Tensor]:
                     xd = x.to(self.device)
                     masks = env.explain(xd)
-                    return {"x": x.cpu(), "mask": masks.cpu().float(), "f1": victims[target](xd).argmax(1).cpu(),
-                            "f2": env.mask_classifier(masks).argmax(1).cpu()}
+                    # clone: torch.save stores a view's whole storage (the full evaluation set)
+                    return {"x": x.cpu().clone(), "mask": masks.cpu().float().clone(),
+                            "f1": victims[target](xd).argmax(1).cpu(), "f2": env.mask_classifier(masks).argmax(1).cpu()}
 
                 per_class = {**describe(eval_x[idx]), "y": eval_y[idx]}
-                examples = {**describe(eval_x[:n_examples]), "y": eval_y[:n_examples], "adversarial": {}}
+                examples = {**describe(eval_x[:n_examples]), "y": eval_y[:n_examples].clone(), "adversarial": {}}
                 for (aname, source), adv in adversarial.items():
                     if source != target:
                         continue
                     entry = describe(adv["x_adv"][:n_examples])
-                    entry["success"] = adv["success"][:n_examples]
+                    entry["success"] = adv["success"][:n_examples].clone()
                     examples["adversarial"][aname] = entry
             gallery.append({"victim": target, "interpreter": iname, "classes": list(classes), "per_class": per_class,
                             "examples": examples})

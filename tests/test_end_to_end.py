@@ -198,3 +198,13 @@ def test_runs_with_different_limits_share_a_cache_without_mixing_subsets(digits_
     assert all(r["n_benign"] <= 40 for r in results["detection"])
     cached = {s["stage"] for s in results["stages"] if s["cached"]}
     assert {"victim", "mask-classifier"} <= cached
+
+
+def test_gallery_stores_only_the_shown_images(digits_run):
+    """torch.save of a tensor view writes its whole storage: the gallery must hold copies, not views."""
+    import torch
+
+    gallery = torch.load(digits_run / "gallery.pt", weights_only=True)
+    shown = sum(t.numel() * t.element_size() for entry in gallery for part in ("per_class", "examples")
+                for t in entry[part].values() if isinstance(t, torch.Tensor))
+    assert (digits_run / "gallery.pt").stat().st_size < 4 * shown + 200_000
