@@ -170,10 +170,11 @@ def test_interrupted_run_keeps_and_reports_what_it_computed(tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "advbench.cli", "run", "suites/digits.yaml", "--out", str(out)],
                             cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 600
+    # the first masks are computed once the victim is trained and its accuracy recorded
     while time.time() < deadline and proc.poll() is None:
-        if any(json.loads(m.read_text()).get("stage") == "victim" for m in cache.glob("*/*.json")):
+        if any(json.loads(m.read_text()).get("stage") == "masks" for m in cache.glob("*/*.json")):
             break
-        time.sleep(0.2)
+        time.sleep(0.1)
     assert proc.poll() is None, "the run ended before it could be interrupted"
     proc.send_signal(signal.SIGINT)
     _, stderr = proc.communicate(timeout=300)
