@@ -120,7 +120,9 @@ def run(suite_file: Path, device: Optional[str], out_dir: Optional[Path], limit:
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     run_dir = out_dir or Path("reports") / f"{suite.name}-{stamp}"
     run_dir.mkdir(parents=True, exist_ok=True)
-    command = "advbench " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    # the thread count changes float reductions and so trained weights: it is part of what repeats a run
+    threads = f"OMP_NUM_THREADS={shlex.quote(os.environ['OMP_NUM_THREADS'])} " if os.environ.get("OMP_NUM_THREADS") else ""
+    command = threads + "advbench " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     _configure_logging(run_dir)
     # use every core, unless the user chose a thread count (OMP_NUM_THREADS: on a shared, loaded machine one
     # thread can be many times faster than an oversubscribed pool)
