@@ -565,7 +565,7 @@ def run_suite(suite: Suite, run_dir: Path, device: torch.device, cache: Cache, l
         "suite": suite.name, "suite_file": suite.source, "command": command, "advbench_version": advbench.__version__,
         "seed": suite.spec.seed, "device": str(device), "torch_version": torch.__version__,
         "python_version": platform.python_version(), "started": started.isoformat(timespec="seconds"),
-        "git_commit": _git_commit(), "host": {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+        "git_commit": _git_commit(run_dir), "host": {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
                                               "cuda_device": torch.cuda.get_device_name(0) if device.type == "cuda"
                                               else None},
         "limit": limit, "complete": False, "missing": [],
@@ -617,15 +617,18 @@ def run_suite(suite: Suite, run_dir: Path, device: torch.device, cache: Cache, l
     return results
 
 
-def _git_commit() -> Optional[str]:
-    """The checkout's commit (with '+dirty' for uncommitted changes), for the run's provenance; None outside git."""
+def _git_commit(run_dir: Optional[Path] = None) -> Optional[str]:
+    """The checkout's commit (with '+dirty' for uncommitted changes outside the run folder, which the run itself
+    writes), for the run's provenance; None outside git."""
     root = Path(__file__).resolve().parents[1]
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
         if commit.returncode != 0:
             return None
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
-                               capture_output=True, text=True, timeout=10).stdout.strip()
+        status = ["git", "status", "--porcelain", "--untracked-files=no"]
+        if run_dir is not None:
+            status += ["--", ".", f":(exclude){Path(os.path.abspath(run_dir))}"]
+        dirty = subprocess.run(status, cwd=root, capture_output=True, text=True, timeout=10).stdout.strip()
         return commit.stdout.strip() + ("+dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         return None
