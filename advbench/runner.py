@@ -14,13 +14,13 @@ from __future__ import annotations
 import contextlib
 import csv
 import hashlib
+import io
 import json
 import logging
 import math
 import os
 import platform
 import subprocess
-import sys
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -98,7 +98,6 @@ class Runner:
     progress: Optional[Callable[[Iterable, str, Optional[int]], Iterable]] = None
     sweep_values: dict[str, Any] = field(default_factory=dict)
     records: list[StageRecord] = field(default_factory=list)
-    missing: list[str] = field(default_factory=list)
 
     # ------------------------------------------------------------------ helpers
     @property
@@ -668,29 +667,18 @@ def write_outputs(run_dir: Path, results: dict[str, Any], gallery: list) -> None
         rows = results.get(key) or []
         if isinstance(rows, dict):
             rows = [{"victim": name, **row} for name, row in rows.items()]
-        buffer = _CsvBuffer()
+        buffer = io.StringIO()
         writer = csv.DictWriter(buffer, fieldnames=columns + sweep_fields, extrasaction="ignore")
         writer.writeheader()
         for row in rows:
             flat = dict(row)
             flat.update(row.get("sweep") or {})
             writer.writerow({k: ("" if flat.get(k) is None else flat.get(k)) for k in columns + sweep_fields})
-        _atomic_text(run_dir / filename, buffer.text())
+        _atomic_text(run_dir / filename, buffer.getvalue())
     if gallery:
         tmp = run_dir / ".gallery.pt.tmp"
         torch.save(gallery, tmp)
         tmp.replace(run_dir / "gallery.pt")
-
-
-class _CsvBuffer:
-    def __init__(self) -> None:
-        self.parts: list[str] = []
-
-    def write(self, text: str) -> None:
-        self.parts.append(text)
-
-    def text(self) -> str:
-        return "".join(self.parts)
 
 
 def _finite(value: Any) -> Any:

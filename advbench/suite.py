@@ -216,7 +216,7 @@ def set_path(raw: dict[str, Any], path: str, value: Any, source: str) -> None:
     node: Any = raw
     for i, part in enumerate(parts[:-1]):
         if isinstance(node, list):
-            node = _list_item(node, part, source, ".".join(parts[: i + 1]))
+            node = node[_index(node, part, source, ".".join(parts[: i + 1]))]
             continue
         if not isinstance(node, dict):
             raise SuiteError(source, ".".join(parts[: i + 1]), f"cannot set a field inside a {type(node).__name__}")
@@ -245,10 +245,6 @@ def _index(node: list, part: str, source: str, path: str) -> int:
     if not part.isdigit() or int(part) >= len(node):
         raise SuiteError(source, path, f"found index {part!r}, allowed 0..{len(node) - 1}")
     return int(part)
-
-
-def _list_item(node: list, part: str, source: str, path: str) -> Any:
-    return node[_index(node, part, source, path)]
 
 
 def _location(loc: tuple) -> str:
@@ -322,8 +318,4 @@ def _validate_options(source: str, path: str, reg: plugins.Registration, options
         return model.model_validate(options)
     except ValidationError as exc:
         field_path, message = _describe(exc.errors()[0], model, prefix=path)
-        return _raise(source, field_path, f"{message} (plugin {reg.kind} {reg.name!r})")
-
-
-def _raise(source: str, path: str, message: str) -> Any:
-    raise SuiteError(source, path, message)
+        raise SuiteError(source, field_path, f"{message} (plugin {reg.kind} {reg.name!r})") from None
