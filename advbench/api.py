@@ -140,6 +140,9 @@ class Interpreter(Component):
     """
 
     kind = "interpreter"
+    # options that change only ``explain``, never ``fit``: the fitted state's cache key leaves them out, so
+    # sweeping one (a LAN's output map, say) reuses the trained state and recomputes only the masks onward
+    explain_options: ClassVar[tuple[str, ...]] = ()
 
     def build(self, input_shape: Sequence[int], num_classes: int) -> Optional[nn.Module]:
         return None

@@ -289,7 +289,9 @@ class Runner:
         if limit is not None and limit < len(train_x):
             order = torch.randperm(len(train_x), generator=self.ctx().generator("mask-train-subset"))[:limit]
             train_x, train_y = train_x[order], train_y[order]
-        iconfig = {"options": _options_dict(ioptions), "seed": spec.seed, "salt": ["interpreter", target, iname]}
+        options = _options_dict(ioptions)
+        fit_options = {k: v for k, v in options.items() if k not in ireg.cls.explain_options}
+        iconfig = {"options": fit_options, "seed": spec.seed, "salt": ["interpreter", target, iname]}
         if limit is not None:
             iconfig["train_limit"] = limit
         ikey = make_key("interpreter", iconfig, [victim_key], plugin_identity(ireg))
@@ -308,7 +310,7 @@ class Runner:
             with seeded(ctx.derive_seed("explain"), self.device):
                 return interpreter.explain(state, victim, x, ctx).clamp(0, 1)
 
-        mkey = make_key("masks", {"split": "train", "limit": limit}, [ikey])
+        mkey = make_key("masks", {"split": "train", "limit": limit, "options": options}, [ikey])
         masks = self.stage("masks", f"{iname} on {target}: training masks", mkey, lambda: {
             "masks": self.batched(explain, train_x, f"masks {iname}/{target} (train)").half()})["masks"]
 
@@ -570,7 +572,8 @@ def run_suite(suite: Suite, run_dir: Path, device: torch.device, cache: Cache, l
         "limit": limit, "complete": False, "missing": [],
         "plugins": [{"kind": r.kind, "name": r.name, "distribution": r.distribution, "version": r.version}
                     for r in plugins.components()],
-        "sweep_fields": list(suite.spec.sweep), "paper_reference": suite.spec.paper_reference,
+        "sweep_fields": suite.sweep_fields(), "sweep_base": {f: suite.value_at(f) for f in suite.sweep_fields()},
+        "paper_reference": suite.spec.paper_reference,
         "victims": {}, "interpreters": [], "attacks": [], "detection": [], "worst_case": [], "warnings": [],
         "stages": [],
     }

@@ -10,11 +10,12 @@ from __future__ import annotations
 import copy
 import difflib
 import itertools
+import json
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Literal, Optional, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from advbench import plugins
 from advbench.errors import SuiteError
@@ -64,8 +65,21 @@ class SuiteSpec(_Strict):
     attacks: dict[str, ComponentSpec] = Field(min_length=1)
     detectors: dict[str, ComponentSpec] = Field(min_length=1)
     evaluation: EvaluationSpec
-    sweep: dict[str, list[Any]] = Field(default_factory=dict)
+    # a grid (every combination of the values), or a list of grids run one after another (e.g. one field at a
+    # time around the suite's own setting); a point two grids share runs once
+    sweep: Union[dict[str, list[Any]], list[dict[str, list[Any]]]] = Field(default_factory=dict)
     paper_reference: Optional[dict[str, Any]] = Field(None, description="the paper's own numbers, shown beside ours")
+
+    @field_validator("sweep", mode="before")
+    @classmethod
+    def _sweep_shape(cls, value: Any) -> Any:
+        grids = value if isinstance(value, list) else [value]
+        for i, grid in enumerate(grids):
+            if not isinstance(grid, dict):
+                where = f"sweep.{i}" if isinstance(value, list) else "sweep"
+                raise ValueError(f"{where}: found {_short(grid)}; allowed: a mapping of field path to a list of "
+                                 "values, or a list of such mappings")
+        return value
 
     @model_validator(mode="after")
     def _pairs_name_victims(self) -> "SuiteSpec":
@@ -141,23 +155,62 @@ class Suite:
             apply_override(raw, item, f"{self.source} ({origin} {item})")
         return Suite(self.source, raw)
 
-    def points(self) -> list[tuple[dict[str, Any], "Suite"]]:
-        """The sweep's grid: (swept values, suite with them applied); one point with no values without a sweep."""
+    def sweep_grids(self) -> list[dict[str, list[Any]]]:
         sweep = self.spec.sweep
-        if not sweep:
+        return [grid for grid in (sweep if isinstance(sweep, list) else [sweep]) if grid]
+
+    def sweep_fields(self) -> list[str]:
+        """Every field any grid of the sweep varies, in order of first mention."""
+        return list(dict.fromkeys(field for grid in self.sweep_grids() for field in grid))
+
+    def value_at(self, path: str) -> Any:
+        """The value this suite gives ``path`` (a plugin option left out reads as the plugin's default)."""
+        parts = _expand_shorthand([p for p in path.split(".") if p])
+        node: Any = self.raw
+        for part in parts:
+            if isinstance(node, dict) and part in node:
+                node = node[part]
+            elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
+                node = node[int(part)]
+            else:
+                break
+        else:
+            return node
+        if "options" in parts and parts.index("options") == len(parts) - 2:
+            section = parts[0]
+            key = parts[1] if parts.index("options") == 2 else ""
+            if (section, key) in self.components:
+                return getattr(self.component(section, key)[1], parts[-1], None)
+        return None
+
+    def points(self) -> list[tuple[dict[str, Any], "Suite"]]:
+        """The sweep's points: (swept values, suite with them applied); one point with no values without a sweep.
+
+        Each point's values name every swept field: a field its own grid does not vary shows the suite's value.
+        """
+        grids = self.sweep_grids()
+        if not grids:
             return [({}, self)]
-        keys = list(sweep)
-        result = []
-        for values in itertools.product(*(sweep[k] for k in keys)):
-            raw = copy.deepcopy(self.raw)
-            raw.pop("sweep", None)
-            for key, value in zip(keys, values):
-                set_path(raw, key, value, f"{self.source} (sweep)")
-            point = dict(zip(keys, values))
-            try:
-                result.append((point, Suite(self.source, raw)))
-            except SuiteError as exc:
-                raise SuiteError(self.source, exc.path, f"{exc.message}, at sweep point {point}") from None
+        fields = self.sweep_fields()
+        result: list[tuple[dict[str, Any], Suite]] = []
+        seen: set[str] = set()
+        for grid in grids:
+            keys = list(grid)
+            for values in itertools.product(*(grid[k] for k in keys)):
+                raw = copy.deepcopy(self.raw)
+                raw.pop("sweep", None)
+                for key, value in zip(keys, values):
+                    set_path(raw, key, value, f"{self.source} (sweep)")
+                chosen = dict(zip(keys, values))
+                try:
+                    suite = Suite(self.source, raw)
+                except SuiteError as exc:
+                    raise SuiteError(self.source, exc.path, f"{exc.message}, at sweep point {chosen}") from None
+                point = {f: chosen[f] if f in chosen else suite.value_at(f) for f in fields}
+                identity = json.dumps(point, sort_keys=True, default=str)
+                if identity not in seen:
+                    seen.add(identity)
+                    result.append((point, suite))
         return result
 
 
@@ -248,7 +301,8 @@ def _index(node: list, part: str, source: str, path: str) -> int:
 
 
 def _location(loc: tuple) -> str:
-    return ".".join(str(p) for p in loc)
+    # pydantic names the union member it tried ("dict[str,list[any]]"): not a field a user can write
+    return ".".join(str(p) for p in loc if not (isinstance(p, str) and "[" in p))
 
 
 def _describe(error: dict[str, Any], model: type[BaseModel], prefix: str = "") -> tuple[str, str]:

@@ -273,3 +273,40 @@ def test_real_sweep_run(tmp_path):
         r = row_of(results, "contrastive", "fgsm", {"attacks.fgsm.options.eps": eps})
         assert row[lead:lead + 3] == [fmt(r["auroc"]), fmt(r["tpr"]), fmt(r["tnr"])]
     assert len(re.findall(r'<g id="sweepscatter-point-0-\d"', part)) == 2
+
+
+def test_one_field_at_a_time_sweep_trains_the_lan_once(tmp_path):
+    """A list of grids, one field each: the LAN's output map is chosen after training, so the three points
+    share one trained LAN (one uncached interpreter stage) while each gets its own masks; labels name only
+    what differs from the suite's own setting."""
+    suite = yaml.safe_load((REPO / "suites" / "digits.yaml").read_text())
+    suite["interpreters"] = {"lan": {"plugin": "lan", "options": {"width": 64, "epochs": 2}}}
+    suite["sweep"] = [{"interpreters.lan.options.output": ["importance", "masked_image"]},
+                      {"attacks.fgsm.options.eps": [0.3]}]
+    path = tmp_path / "digits-ofat.yaml"
+    path.write_text(yaml.safe_dump(suite))
+    out = tmp_path / "run"
+    env = {**os.environ, "ADVBENCH_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "advbench.cli", "run", str(path), "--out", str(out),
+                           "--set", "victims.cnn.options.epochs=3", "--set", "mask_classifier.options.epochs=3",
+                           "--set", "evaluation.n_eval=60", "--set", "evaluation.n_fit=40"],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads((out / "results.json").read_text())
+    fields = ["interpreters.lan.options.output", "attacks.fgsm.options.eps"]
+    assert results["sweep_fields"] == fields
+    assert results["sweep_base"] == {fields[0]: "importance", fields[1]: 0.2}
+    points = [{fields[0]: "importance", fields[1]: 0.2}, {fields[0]: "masked_image", fields[1]: 0.2},
+              {fields[0]: "importance", fields[1]: 0.3}]
+    assert [r["sweep"] for r in results["interpreters"]] == points
+    trained = [s for s in results["stages"] if s["stage"] == "interpreter"]
+    assert len(trained) == 3 and [s["cached"] for s in trained] == [False, True, True]
+    fresh_masks = [s for s in results["stages"] if s["stage"] == "masks" and "training masks" in s["label"]
+                   and not s["cached"]]
+    assert len(fresh_masks) == 2  # importance and masked_image; the eps point reuses the first
+    html = (out / "index.html").read_text(encoding="utf-8")
+    rows = [[c[0] for c in r] for r in Page(html).tables["table-sweep"]["rows"]]
+    assert [r[3:5] for r in rows[:3]] == [["importance", "0.2"], ["masked_image", "0.2"], ["importance", "0.3"]]
+    part = section(html)
+    for label in ("base", "output=masked_image", "eps=0.3"):
+        assert f"<!-- {label} -->" in part, label  # matplotlib writes each text as a comment before its glyphs

@@ -131,6 +131,8 @@ BAD = [
      ["only for victims and mask_classifier"]),
     ("sweep-invalid-value", set_("sweep", {"attacks.fgsm.options.eps": [0.1, 5]}), "attacks.fgsm.options.eps",
      ["found 5", "less than or equal to 1", "sweep point"]),
+    ("sweep-grid-not-a-mapping", set_("sweep", [{"attacks.fgsm.options.eps": [0.1]}, 3]), "sweep.1",
+     ["found 3", "a list of such mappings"]),
     ("sweep-not-a-list", set_("sweep", {"attacks.fgsm.options.eps": 0.1}), "sweep.attacks.fgsm.options.eps",
      ["valid list"]),
     ("sweep-unknown-field", set_("sweep", {"attacks.fgsm.options.epz": [0.1]}), "attacks.fgsm.options.epz",
@@ -248,6 +250,36 @@ def test_a_valid_sweep_expands_to_validated_points(tmp_path):
     for values, suite in points:
         assert suite.component("attacks", "fgsm")[1].eps == values["attacks.fgsm.options.eps"]
         assert suite.spec.seed == values["seed"] and not suite.spec.sweep
+
+
+def test_a_list_of_grids_runs_each_grid_once_and_names_every_field(tmp_path):
+    """One field at a time around the suite's setting: the shared base point runs once; a field a grid does not
+    vary shows the suite's value, a plugin option the suite leaves out its plugin default."""
+    raw = mutated(set_("sweep", [{"attacks.fgsm.options.eps": [0.1, 0.3]},
+                                 {"mask_classifier.options.lr": [0.01, 0.05]}]))
+    raw["attacks"]["fgsm"]["options"] = {"eps": 0.1}
+    raw["mask_classifier"]["options"].pop("lr", None)
+    suite = load_suite(write(tmp_path, raw))
+    default_lr = suite.component("mask_classifier")[1].lr
+    assert default_lr == 0.05  # the lenet recipe's own default; the second grid repeats it on purpose
+    assert suite.sweep_fields() == ["attacks.fgsm.options.eps", "mask_classifier.options.lr"]
+    points = suite.points()
+    assert [values for values, _ in points] == [
+        {"attacks.fgsm.options.eps": 0.1, "mask_classifier.options.lr": default_lr},
+        {"attacks.fgsm.options.eps": 0.3, "mask_classifier.options.lr": default_lr},
+        {"attacks.fgsm.options.eps": 0.1, "mask_classifier.options.lr": 0.01}]
+    for values, point in points:
+        assert point.component("attacks", "fgsm")[1].eps == values["attacks.fgsm.options.eps"]
+        assert point.component("mask_classifier")[1].lr == values["mask_classifier.options.lr"]
+
+
+def test_an_invalid_value_in_a_later_grid_fails_at_load_time(tmp_path):
+    path = write(tmp_path, mutated(set_("sweep", [{"attacks.fgsm.options.eps": [0.1]},
+                                                  {"mask_classifier.options.epochs": [5, 0]}])))
+    with pytest.raises(SuiteError) as info:
+        load_suite(path)
+    assert info.value.source == str(path) and info.value.path == "mask_classifier.options.epochs"
+    assert "sweep point" in info.value.message
 
 
 def test_an_invalid_sweep_value_fails_at_load_time(tmp_path):

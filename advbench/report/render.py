@@ -598,10 +598,16 @@ def sweep_points(results: dict[str, Any], view: View, fields: list[str]) -> list
         if isinstance(sweep, dict) and sweep and sweep_key(sweep) not in seen:
             seen[sweep_key(sweep)] = sweep
     short = _short_fields(fields)
+    # with several fields, a label names only what differs from the suite's own setting (sweep_base), so a
+    # one-field-at-a-time sweep reads "beta=4" rather than every field
+    base = mapping(results.get("sweep_base"))
     points = []
     for key, values in seen.items():
         if len(fields) == 1:
             label = str(values.get(fields[0], NA))
+        elif base:
+            changed = [f for f in fields if f not in base or values.get(f, NA) != base[f]]
+            label = ", ".join(f"{short[f]}={values.get(f, NA)}" for f in changed) or "base"
         else:
             label = ", ".join(f"{short[f]}={values.get(f, NA)}" for f in fields)
         points.append({"values": values, "key": key, "label": label})

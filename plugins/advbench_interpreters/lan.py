@@ -57,6 +57,7 @@ class LatentAttentionNetwork(api.Interpreter):
     aliases = ("latent-attention",)
     description = "Latent Attention Network mask generator trained against the frozen victim (Grimm et al. 2017)"
     revision = "1"
+    explain_options = ("output",)  # the map handed to f2 is chosen after training: one LAN serves all three
 
     class Options(api.Options):
         arch: Literal["fc", "conv"] = Field("fc", description="fc: Grimm et al.'s MLP; conv: 3x3 conv stack")
