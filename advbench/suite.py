@@ -49,6 +49,8 @@ class EvaluationSpec(_Strict):
     n_fit: int = Field(200, ge=0, description="further test images, disjoint, to fit detectors that learn")
     filtered: bool = Field(True, description="also report rows on inputs whose benign mask f2 reads correctly")
     mask_train_limit: Optional[int] = Field(None, ge=1, description="default mask_train_limit of every interpreter")
+    n_mask_eval: Optional[int] = Field(None, ge=1, description="test images whose benign masks measure f2's "
+                                       "accuracy (default: the evaluation images); --limit does not cap it")
 
 
 class SuiteSpec(_Strict):

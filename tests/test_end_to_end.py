@@ -201,6 +201,27 @@ def test_runs_with_different_limits_share_a_cache_without_mixing_subsets(digits_
     assert {"victim", "mask-classifier"} <= cached
 
 
+def test_f2_accuracy_on_more_test_masks_than_the_limit_attacks(digits_run, digits_cache, tmp_path):
+    """evaluation.n_mask_eval measures f2 on its own count of test images, whatever --limit caps; the
+    interpreters row says how many, and the figure matches a count made from f2's own labels."""
+    out = tmp_path / "mask-eval"
+    advbench_cli("run", "suites/digits.yaml", "--out", str(out), "--no-report", "--limit", "40",
+                 "--set", "evaluation.n_mask_eval=300", cache=digits_cache)
+    results = load_results(out)
+    full = load_results(digits_run)
+    assert results["evaluation"]["n_eval"] == 40
+    row, = results["interpreters"]
+    assert row["n_accuracy_masks"] == 300
+    assert full["interpreters"][0]["n_accuracy_masks"] == full["evaluation"]["n_eval"]
+    stage = next(s for s in results["stages"] if "f2 accuracy on 300 test masks" in s["label"])
+    assert not stage["cached"]
+    # the mask classifier is the full run's (the limit does not change training)
+    assert next(s for s in results["stages"] if s["stage"] == "mask-classifier")["cached"]
+    assert 0.0 <= row["mask_classifier_accuracy"] <= 1.0
+    assert row["mask_classifier_accuracy"] * 300 == pytest.approx(round(row["mask_classifier_accuracy"] * 300),
+                                                                  abs=1e-3)
+
+
 def test_gallery_stores_only_the_shown_images(digits_run):
     """torch.save of a tensor view writes its whole storage: the gallery must hold copies, not views."""
     import torch

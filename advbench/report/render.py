@@ -331,14 +331,17 @@ def interpreters_table(view: View) -> Table:
         body.append([text(row.get("victim")), text(row.get("interpreter")), text(row.get("plugin"))]
                     + ([text(row.get("mask_classifier"))] if with_f2 else [])
                     + ([text(sweep_label(row))] if with_sweep else [])
-                    + [num(row.get("mask_classifier_accuracy")), num(row.get("majority_class_share"))])
+                    + [num(row.get("mask_classifier_accuracy")), count(row.get("n_accuracy_masks")),
+                       num(row.get("majority_class_share")), count(row.get("n_train_masks"))])
     return Table("table-interpreters",
                  [Column("victim"), Column("interpreter"), Column("plugin")]
                  + ([Column("f2", title="the mask classifier's plugin")] if with_f2 else [])
                  + ([Column("sweep")] if with_sweep else [])
                  + [Column("mask classifier accuracy", "num", "accuracy of f2 on the test images' masks"),
-                  Column("majority class share", "num", "share of the most frequent class among f2's predictions: "
-                         "near 1 means f2 collapsed onto one class")],
+                    Column("test masks", "num", "clean test images the accuracy is measured on"),
+                    Column("majority class share", "num", "share of the most frequent class among f2's predictions: "
+                           "near 1 means f2 collapsed onto one class"),
+                    Column("training masks", "num", "training images whose masks f2 learned from")],
                  body, "Mask classifiers (f2): accuracy on the masks of the clean test set.")
 
 
