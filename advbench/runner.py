@@ -153,10 +153,10 @@ class Runner:
         order = torch.randperm(n_test, generator=self.ctx().generator("evaluation-subset"))
         return order[:n_eval], order[n_eval:n_eval + n_fit]
 
-    def mask_eval_indices(self, data: DataSplits) -> torch.Tensor:
-        """The test images f2's accuracy is measured on: the first n_mask_eval of the evaluation order, so they
-        include the evaluation images whenever n_mask_eval >= n_eval."""
-        n = min(self.spec.evaluation.n_mask_eval or 0, len(data.test_x))
+    def mask_eval_indices(self, data: DataSplits, n: int) -> torch.Tensor:
+        """The test images f2's accuracy is measured on: the first n of the evaluation order, so they include
+        the evaluation images whenever n >= n_eval."""
+        n = min(n, len(data.test_x))
         return torch.randperm(len(data.test_x), generator=self.ctx().generator("evaluation-subset"))[:n]
 
     def train_classifier(self, section: str, name: str, inputs_key: str, train_x: torch.Tensor,
@@ -333,9 +333,10 @@ class Runner:
         benign_f2 = self.stage("masks", f"{iname} on {target}: evaluation mask labels", bkey,
                                lambda: {"labels": f2_labels(eval_x, f"f2 labels {iname}/{target}")})["labels"]
         read, truth = benign_f2, eval_y
-        if spec.evaluation.n_mask_eval is not None:
+        n_mask_eval = spec.interpreters[iname].n_mask_eval or spec.evaluation.n_mask_eval
+        if n_mask_eval is not None:
             # f2's accuracy on more test images than are attacked: a 300-image estimate is +-5 points
-            idx = self.mask_eval_indices(data)
+            idx = self.mask_eval_indices(data, n_mask_eval)
             akey = make_key("mask-labels", {"set": "accuracy", "subset": _tensor_digest(idx)}, [ckey])
             read = self.stage("masks", f"{iname} on {target}: f2 accuracy on {len(idx)} test masks", akey,
                               lambda: {"labels": f2_labels(data.test_x[idx], f"f2 accuracy {iname}/{target}")}

@@ -34,6 +34,8 @@ class ComponentSpec(_Strict):
                                       "training (a state_dict file, loaded with weights_only=True)")
     mask_train_limit: Optional[int] = Field(None, ge=1, description="interpreters: fit the interpreter and train "
                                             "its f2 on this many training images (for slow interpreters)")
+    n_mask_eval: Optional[int] = Field(None, ge=1, description="interpreters: measure f2's accuracy on this many "
+                                       "test masks (overrides evaluation.n_mask_eval)")
 
 
 class PairSpec(_Strict):
@@ -144,8 +146,9 @@ class Suite:
                 path = f"{section}.{key}" if key else section
                 if spec.checkpoint is not None and section not in ("victims", "mask_classifier"):
                     raise SuiteError(self.source, f"{path}.checkpoint", "allowed only for victims and mask_classifier")
-                if spec.mask_train_limit is not None and section != "interpreters":
-                    raise SuiteError(self.source, f"{path}.mask_train_limit", "allowed only for interpreters")
+                for field in ("mask_train_limit", "n_mask_eval"):
+                    if getattr(spec, field) is not None and section != "interpreters":
+                        raise SuiteError(self.source, f"{path}.{field}", "allowed only for interpreters")
         detectors = [self.component("detectors", k)[0].cls for k in self.spec.detectors]
         if any(d.needs_interpreter for d in detectors) and not self.spec.interpreters:
             raise SuiteError(self.source, "interpreters", "empty, but a detector needs an interpreter; "

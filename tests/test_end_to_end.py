@@ -203,10 +203,11 @@ def test_runs_with_different_limits_share_a_cache_without_mixing_subsets(digits_
 
 def test_f2_accuracy_on_more_test_masks_than_the_limit_attacks(digits_run, digits_cache, tmp_path):
     """evaluation.n_mask_eval measures f2 on its own count of test images, whatever --limit caps; the
-    interpreters row says how many, and the figure matches a count made from f2's own labels."""
+    interpreters row says how many (an interpreter's own n_mask_eval wins over evaluation's)."""
     out = tmp_path / "mask-eval"
     advbench_cli("run", "suites/digits.yaml", "--out", str(out), "--no-report", "--limit", "40",
-                 "--set", "evaluation.n_mask_eval=300", cache=digits_cache)
+                 "--set", "evaluation.n_mask_eval=500", "--set", "interpreters.gradient.n_mask_eval=300",
+                 cache=digits_cache)
     results = load_results(out)
     full = load_results(digits_run)
     assert results["evaluation"]["n_eval"] == 40

@@ -129,6 +129,8 @@ BAD = [
      ["a detector needs an interpreter", "gradient"]),
     ("checkpoint-on-an-attack", set_("attacks.fgsm.checkpoint", "x.pt"), "attacks.fgsm.checkpoint",
      ["only for victims and mask_classifier"]),
+    ("n-mask-eval-on-a-victim", set_("victims.cnn.n_mask_eval", 100), "victims.cnn.n_mask_eval",
+     ["allowed only for interpreters"]),
     ("sweep-invalid-value", set_("sweep", {"attacks.fgsm.options.eps": [0.1, 5]}), "attacks.fgsm.options.eps",
      ["found 5", "less than or equal to 1", "sweep point"]),
     ("sweep-grid-not-a-mapping", set_("sweep", [{"attacks.fgsm.options.eps": [0.1]}, 3]), "sweep.1",
