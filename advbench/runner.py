@@ -418,26 +418,42 @@ class Runner:
         rows, worst_inputs = [], {}
         n_eval = len(eval_x)
         benign_cache: dict[str, Any] = {}
+        adversarial_fit = dreg.cls.needs_adversarial_fit
+        ctx = self.ctx("detector", dname, iname, target)
+        fitted: dict[str, Any] = {}  # key -> detector fitted on it, fitted only when a stage must compute
+        name = f"{dname}{'/' + iname if iname else ''} on {target}"
         for aname in self.spec.attacks:
             adv = adversarial[(aname, source)]
-            detector = dreg.cls(doptions)
-            ctx = self.ctx("detector", dname, iname, target)
             fit_success = adv["success"][n_eval:]
-            fit_adv = adv["x_adv"][n_eval:][fit_success] if dreg.cls.needs_adversarial_fit else fit_x[:0]
-            fit_on = [env_key, subset_key] + ([adv["key"]] if dreg.cls.needs_adversarial_fit else [])
+            fit_adv = adv["x_adv"][n_eval:][fit_success] if adversarial_fit else fit_x[:0]
+            fit_on = [env_key, subset_key] + ([adv["key"]] if adversarial_fit else [])
             key = make_key("scores", {"options": _options_dict(doptions), "seed": self.spec.seed,
                                       "salt": ["detector", dname, iname, target]}, fit_on,
                            plugin_identity(dreg))
-            label = f"{dname}{'/' + iname if iname else ''} on {target}, {aname} from {source}"
+            label = f"{name}, {aname} from {source}"
 
-            def compute() -> dict[str, Any]:
-                with seeded(ctx.derive_seed("fit"), self.device):
-                    detector.fit(env, fit_x, fit_adv, ctx)
-                benign = self._score(detector, env, eval_x, ctx, f"score benign ({label})")
-                adversarial_out = self._score(detector, env, adv["x_adv"][:n_eval], ctx, f"score adversarial ({label})")
-                return {"benign": benign, "adversarial": adversarial_out}
+            def detector(key: str = key, fit_adv: torch.Tensor = fit_adv):
+                if key not in fitted:
+                    fitted.clear()
+                    fitted[key] = dreg.cls(doptions)
+                    with seeded(ctx.derive_seed("fit"), self.device):
+                        fitted[key].fit(env, fit_x, fit_adv, ctx)
+                return fitted[key]
 
-            scores = self.stage("scores", label, make_key("scores-for", {}, [key, adv["key"]]), compute)
+            def score_adversarial(label: str = label, adv: dict = adv) -> dict[str, Any]:
+                return {"adversarial": self._score(detector(), env, adv["x_adv"][:n_eval], ctx,
+                                                   f"score adversarial ({label})")}
+
+            if adversarial_fit:  # fitted per attack: its benign scores belong to this attack
+                scores = self.stage("scores", label, make_key("scores-for", {}, [key, adv["key"]]), lambda: {
+                    "benign": self._score(detector(), env, eval_x, ctx, f"score benign ({label})"),
+                    **score_adversarial()})
+            else:  # fitted on benign data alone: one benign scoring serves every attack
+                benign = self.stage("scores", f"{name}, benign", make_key("scores-benign", {}, [key]), lambda: {
+                    "benign": self._score(detector(), env, eval_x, ctx, f"score benign ({name})")})["benign"]
+                scores = {"benign": benign, **self.stage("scores", label, make_key("scores-adversarial", {},
+                                                                                   [key, adv["key"]]),
+                                                         score_adversarial)}
             labels = None
             if f2_labels is not None:
                 lkey = make_key("mask-labels", {"set": "adversarial"}, [env_key, adv["key"]])

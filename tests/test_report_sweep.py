@@ -304,6 +304,11 @@ def test_one_field_at_a_time_sweep_trains_the_lan_once(tmp_path):
     fresh_masks = [s for s in results["stages"] if s["stage"] == "masks" and "training masks" in s["label"]
                    and not s["cached"]]
     assert len(fresh_masks) == 2  # importance and masked_image; the eps point reuses the first
+    # benign scores do not depend on the attack for detectors fitted on benign data: the eps point reuses them
+    benign = [s for s in results["stages"] if s["stage"] == "scores" and s["label"].endswith(", benign")]
+    assert [s["cached"] for s in benign if s["label"].startswith("contrastive/")] == [False, False, True]
+    adversarial = [s for s in results["stages"] if s["stage"] == "scores" and "fgsm from" in s["label"]]
+    assert adversarial and not any(s["cached"] for s in adversarial)
     html = (out / "index.html").read_text(encoding="utf-8")
     rows = [[c[0] for c in r] for r in Page(html).tables["table-sweep"]["rows"]]
     assert [r[3:5] for r in rows[:3]] == [["importance", "0.2"], ["masked_image", "0.2"], ["importance", "0.3"]]
