@@ -13,7 +13,7 @@ from advbench_victims._training import Normalize, TrainOptions, conv_block, flat
 
 
 class AlexNetOptions(TrainOptions):
-    epochs: int = Field(12, ge=1, le=500)
+    epochs: int = Field(15, ge=1, le=500)
     lr: float = Field(0.1, gt=0, le=10)
     width: int = Field(48, ge=8, le=512, description="channels of the first block (doubled per block)")
     dropout: float = Field(0.5, ge=0, lt=1)
@@ -25,7 +25,9 @@ class AlexNet(Victim):
     Three convolution + batch-norm + max-pool blocks (width, 2x, 4x channels, 3x3 kernels), then three
     fully connected layers (512, 256, classes) with dropout. Recipe: SGD (Nesterov momentum 0.9, weight decay
     5e-4), one-cycle learning rate peaking at ``lr``, random crop and horizontal flip, ``epochs`` epochs.
-    On the CIFAR-10 JPEG export this recipe reached 84% in 12 epochs (about 21 minutes on 2 CPU cores).
+    Measured on the CIFAR-10 JPEG export (seed 0, 1 torch thread, about 92 s an epoch on one CPU core):
+    12 epochs 79.95%, 15 epochs 80.83% (the default), 12 epochs with dropout 0.3 81.72%. The default keeps the
+    paper's f1 near its 82% while the vgg-like transfer source stays more than 3 points above it (84.56%).
     Inputs in [0, 1]; normalization is the model's first layer.
     """
 
