@@ -245,9 +245,10 @@ def test_several_fields_use_point_labels(tmp_path):
 # (b) a real tiny sweep through the CLI
 
 
-def test_real_sweep_run(tmp_path):
+def run_small_digits_sweep(tmp_path: Path, change) -> tuple[Path, dict]:
+    """``advbench run`` on suites/digits.yaml after ``change(suite)``, sized down; the run folder and results."""
     suite = yaml.safe_load((REPO / "suites" / "digits.yaml").read_text())
-    suite["sweep"] = {"attacks.fgsm.options.eps": [0.1, 0.3]}
+    change(suite)
     path = tmp_path / "digits-sweep.yaml"
     path.write_text(yaml.safe_dump(suite))
     out = tmp_path / "run"
@@ -257,7 +258,12 @@ def test_real_sweep_run(tmp_path):
                            "--set", "evaluation.n_eval=60", "--set", "evaluation.n_fit=40"],
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    results = json.loads((out / "results.json").read_text())
+    return out, json.loads((out / "results.json").read_text())
+
+
+def test_real_sweep_run(tmp_path):
+    out, results = run_small_digits_sweep(
+        tmp_path, lambda suite: suite.update(sweep={"attacks.fgsm.options.eps": [0.1, 0.3]}))
     assert results["sweep_fields"] == ["attacks.fgsm.options.eps"]
     swept = {r["sweep"]["attacks.fgsm.options.eps"] for r in results["detection"]}
     assert swept == {0.1, 0.3}
@@ -279,20 +285,12 @@ def test_one_field_at_a_time_sweep_trains_the_lan_once(tmp_path):
     """A list of grids, one field each: the LAN's output map is chosen after training, so the three points
     share one trained LAN (one uncached interpreter stage) while each gets its own masks; labels name only
     what differs from the suite's own setting."""
-    suite = yaml.safe_load((REPO / "suites" / "digits.yaml").read_text())
-    suite["interpreters"] = {"lan": {"plugin": "lan", "options": {"width": 64, "epochs": 2}}}
-    suite["sweep"] = [{"interpreters.lan.options.output": ["importance", "masked_image"]},
-                      {"attacks.fgsm.options.eps": [0.3]}]
-    path = tmp_path / "digits-ofat.yaml"
-    path.write_text(yaml.safe_dump(suite))
-    out = tmp_path / "run"
-    env = {**os.environ, "ADVBENCH_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, "-m", "advbench.cli", "run", str(path), "--out", str(out),
-                           "--set", "victims.cnn.options.epochs=3", "--set", "mask_classifier.options.epochs=3",
-                           "--set", "evaluation.n_eval=60", "--set", "evaluation.n_fit=40"],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    results = json.loads((out / "results.json").read_text())
+    def change(suite: dict) -> None:
+        suite["interpreters"] = {"lan": {"plugin": "lan", "options": {"width": 64, "epochs": 2}}}
+        suite["sweep"] = [{"interpreters.lan.options.output": ["importance", "masked_image"]},
+                          {"attacks.fgsm.options.eps": [0.3]}]
+
+    out, results = run_small_digits_sweep(tmp_path, change)
     fields = ["interpreters.lan.options.output", "attacks.fgsm.options.eps"]
     assert results["sweep_fields"] == fields
     assert results["sweep_base"] == {fields[0]: "importance", fields[1]: 0.2}
