@@ -343,6 +343,9 @@ class Runner:
                               )["labels"]
             truth = data.test_y[idx]
         accuracy = float((read == truth).float().mean()) if len(truth) else None
+        if accuracy is not None:
+            log.info("f2 (%s on %s masks of %s) reads %.4f of %d clean test masks%s", creg.name, iname, target,
+                     accuracy, len(truth), self._where())
         counts = torch.bincount(read, minlength=data.num_classes)
         majority = float(counts.max() / max(1, len(read))) if len(read) else None
         row = {"victim": target, "interpreter": iname, "plugin": ireg.name, "mask_classifier": creg.name,
@@ -514,11 +517,14 @@ class Runner:
     def _sweep(self) -> dict[str, Any]:
         return {"sweep": dict(self.sweep_values)} if self.sweep_values else {}
 
+    def _where(self) -> str:
+        where = ", ".join(f"{k}={v}" for k, v in self.sweep_values.items())
+        return f" [sweep point {where}]" if where else ""
+
     # ------------------------------------------------------------------ warnings and gallery
     def warnings(self, results: dict[str, Any]) -> list[str]:
         found = []
-        where = ", ".join(f"{k}={v}" for k, v in self.sweep_values.items())
-        suffix = f" [sweep point {where}]" if where else ""
+        suffix = self._where()
         for row in results["interpreters"]:
             share = row.get("majority_class_share")
             if share is not None and share > 0.5:
