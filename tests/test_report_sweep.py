@@ -241,6 +241,22 @@ def test_several_fields_use_point_labels(tmp_path):
     assert len(re.findall(r'<g id="sweepscatter-point-', part)) == len(ATTACKS) * len(points)
 
 
+def test_one_field_at_a_time_over_many_fields_reads_as_one_setting_column(tmp_path):
+    """Four fields varied one at a time around sweep_base: one "setting" column naming what differs."""
+    fields = [f"interpreters.lan.options.{name}" for name in ("beta", "width", "depth", "epochs")]
+    base = {fields[0]: 2.0, fields[1]: 512, fields[2]: 3, fields[3]: 5}
+    points = [dict(base), {**base, fields[0]: 4.0}, {**base, fields[2]: 2}, {**base, fields[1]: 256, fields[3]: 15}]
+    results = make_results(fields, points)
+    results["sweep_base"] = base
+    page = Page(render(tmp_path, results))
+    table = page.tables["table-sweep"]
+    header = [c[0] for c in table["head"][1]]
+    assert header[:4] == ["detector", "interpreter", "victim", "setting"]
+    assert not set(header) & {"beta", "width", "depth", "epochs"}
+    labels = [[c[0] for c in row][3] for row in table["rows"][:len(points)]]
+    assert labels == ["base", "beta=4.0", "depth=2", "width=256, epochs=15"]
+
+
 # ---------------------------------------------------------------------------------------------------------
 # (b) a real tiny sweep through the CLI
 

@@ -666,7 +666,14 @@ def sweep_section(results: dict[str, Any], view: View) -> Optional[dict[str, Any
     lead += [Column("victim")] if direct else [Column("source", title="victim the attack was crafted on"),
                                                Column("target", title="victim whose detector is evaluated")]
     short = _short_fields(fields)
-    lead += [Column(short[f], "sweepval", f"swept field {f}") for f in fields]
+    # many fields varied one at a time: one "setting" column (what differs from the suite's own values) reads
+    # better than a column per field that mostly repeats the base value
+    compact = len(fields) > 3 and bool(mapping(results.get("sweep_base")))
+    if compact:
+        lead.append(Column("setting", "sweepval", "what differs from the suite's own setting: "
+                           + "; ".join(f"{f}={mapping(results.get('sweep_base')).get(f, NA)}" for f in fields)))
+    else:
+        lead += [Column(short[f], "sweepval", f"swept field {f}") for f in fields]
     if show_f1:
         lead.append(Column("f1 accuracy", "num", "the (target) victim's accuracy on the clean test set at this "
                                                  "setting (results.json points[].victims)"))
@@ -694,7 +701,10 @@ def sweep_section(results: dict[str, Any], view: View) -> Optional[dict[str, Any
         for pi, point in enumerate(points):
             cells = [Cell(detector + (" (control)" if control else "")), Cell(interp, "na" if interp == NA else "")]
             cells += [text(target)] if direct else [text(source), text(target)]
-            cells += [text(point["values"].get(f), "sweepval") for f in fields]
+            if compact:
+                cells.append(text(point["label"], "sweepval"))
+            else:
+                cells += [text(point["values"].get(f), "sweepval") for f in fields]
             if show_f1:
                 cells.append(num(f1.get((str(target), point["key"]))))
             if show_f2:
