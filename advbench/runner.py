@@ -98,6 +98,7 @@ class Runner:
     progress: Optional[Callable[[Iterable, str, Optional[int]], Iterable]] = None
     sweep_values: dict[str, Any] = field(default_factory=dict)
     records: list[StageRecord] = field(default_factory=list)
+    sweep_base: dict[str, Any] = field(default_factory=dict)  # the suite's own values: messages name what differs
 
     # ------------------------------------------------------------------ helpers
     @property
@@ -518,8 +519,11 @@ class Runner:
         return {"sweep": dict(self.sweep_values)} if self.sweep_values else {}
 
     def _where(self) -> str:
-        where = ", ".join(f"{k}={v}" for k, v in self.sweep_values.items())
-        return f" [sweep point {where}]" if where else ""
+        if not self.sweep_values:
+            return ""
+        changed = {k: v for k, v in self.sweep_values.items() if k not in self.sweep_base or self.sweep_base[k] != v}
+        where = ", ".join(f"{k}={v}" for k, v in changed.items()) or "the suite's own setting"
+        return f" [sweep point {where}]"
 
     # ------------------------------------------------------------------ warnings and gallery
     def warnings(self, results: dict[str, Any]) -> list[str]:
@@ -623,7 +627,8 @@ def run_suite(suite: Suite, run_dir: Path, device: torch.device, cache: Cache, l
 
     def run_point(point) -> dict[str, Any]:
         values, point_suite = point
-        runner = Runner(point_suite, run_dir, device, cache, limit, progress, values)
+        runner = Runner(point_suite, run_dir, device, cache, limit, progress, values,
+                        sweep_base=results["sweep_base"])
         runners.append(runner)
         out = runner.run()
         out["_gallery"] = runner.gallery

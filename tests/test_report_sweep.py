@@ -318,6 +318,11 @@ def test_one_field_at_a_time_sweep_trains_the_lan_once(tmp_path):
     fresh_masks = [s for s in results["stages"] if s["stage"] == "masks" and "training masks" in s["label"]
                    and not s["cached"]]
     assert len(fresh_masks) == 2  # importance and masked_image; the eps point reuses the first
+    log = (out / "run.log").read_text()
+    f2_lines = [line for line in log.splitlines() if "clean test masks" in line]
+    assert [line.rsplit("[sweep point ", 1)[1] for line in f2_lines] == [
+        "the suite's own setting]", "interpreters.lan.options.output=masked_image]",
+        "attacks.fgsm.options.eps=0.3]"]
     # benign scores do not depend on the attack for detectors fitted on benign data: the eps point reuses them
     benign = [s for s in results["stages"] if s["stage"] == "scores" and s["label"].endswith(", benign")]
     assert [s["cached"] for s in benign if s["label"].startswith("contrastive/")] == [False, False, True]
