@@ -214,6 +214,20 @@ def test_warnings_are_prominent(synthetic):
     assert html.index('id="warnings"') < html.index('<section id="overview"')
 
 
+def test_a_control_equal_at_every_setting_has_no_best(tmp_path):
+    results = make_results()
+    for row in results["detection"]:
+        if row["detector"] == "label-only":
+            row["auroc"] = 0.6  # the control does not depend on the swept LAN field
+    table = Page(render(tmp_path, results)).tables["table-sweep"]
+    lead = [c[0] for c in table["head"][1]].index("AUROC")
+    control = [row for row in table["rows"] if row[0][0].startswith("label-only")]
+    assert len(control) == len(BETAS)
+    assert not any("best" in row[lead + 3 * a][1] for row in control for a in range(len(ATTACKS)))
+    contrastive = [row for row in table["rows"] if row[0][0] == "contrastive"]
+    assert sum("best" in row[lead][1] for row in contrastive) == 1
+
+
 def test_no_sweep_no_section(tmp_path):
     results = make_results()
     results["sweep_fields"] = []

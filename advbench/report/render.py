@@ -694,7 +694,8 @@ def sweep_section(results: dict[str, Any], view: View) -> Optional[dict[str, Any
         for attack in attacks:
             values = [detection.get((group, p["key"], attack), {}).get("auroc") for p in points]
             numbers = [v for v in values if is_number(v)]
-            best[(group, attack)] = max(numbers) if len(numbers) > 1 else None
+            # no "best" where every setting scores the same (a control the swept fields do not reach)
+            best[(group, attack)] = max(numbers) if len(set(numbers)) > 1 else None
     for gi, group in enumerate(groups):
         detector, interp, source, target = group
         control = _detector_rank(detector, interp) == 2
@@ -760,7 +761,8 @@ def sweep_section(results: dict[str, Any], view: View) -> Optional[dict[str, Any
                                 "gid": f"{'control' if hollow else 'point'}-{ai}-{pi}"})
             scatter.append({"label": attack + (f" · {group[0]} (control)" if hollow else ""), "points": pts,
                             "color": view.attack_key(attack), "marker": ai, "hollow": hollow,
-                            "annotate": not hollow, "connect": numeric})
+                            # past a handful of settings the labels overprint each other: the table names them
+                            "annotate": not hollow and len(points) <= 8, "connect": numeric})
     order = ""
     if len(groups) > 1:
         order = " (interpretation-based detectors first" + (
