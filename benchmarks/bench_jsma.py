@@ -53,11 +53,8 @@ def load_victim(args: argparse.Namespace, data, ctx) -> nn.Module:
     model = victim.build(data.input_shape, data.num_classes)
     ckpt = args.victim_checkpoint
     if ckpt is not None and ckpt.exists():
-        state = torch.load(ckpt, map_location="cpu", weights_only=False)
-        if isinstance(state, nn.Module):
-            model = state
-        else:
-            model.load_state_dict(state.get("state_dict", state) if isinstance(state, dict) else state)
+        state = torch.load(ckpt, map_location="cpu", weights_only=True)  # tensors only: no pickled code runs
+        model.load_state_dict(state.get("state_dict", state))
         print(f"victim: alexnet loaded from {ckpt}")
     else:
         n = min(args.train_limit, len(data.train_x))
