@@ -12,6 +12,7 @@ killed run resumes where it stopped.
 from __future__ import annotations
 
 import contextlib
+import copy
 import csv
 import hashlib
 import io
@@ -624,6 +625,7 @@ def run_suite(suite: Suite, run_dir: Path, device: torch.device, cache: Cache, l
     ereg, eoptions = suite.component("executor")
     executor = ereg.cls(eoptions)
     runners: list[Runner] = []
+    finished: list[dict[str, Any]] = []
 
     def run_point(point) -> dict[str, Any]:
         values, point_suite = point
@@ -633,6 +635,14 @@ def run_suite(suite: Suite, run_dir: Path, device: torch.device, cache: Cache, l
         out = runner.run()
         out["_gallery"] = runner.gallery
         out["_sweep"] = values
+        finished.append(out)
+        if len(finished) < len(points):  # a long sweep's finished points can be read while the rest run
+            snapshot = copy.deepcopy({k: v for k, v in results.items() if k != "stages"})
+            for done in finished:
+                _merge(snapshot, done)
+            snapshot["missing"].append(f"in progress: {len(finished)} of {len(points)} sweep points finished")
+            snapshot["stages"] = [vars(record) for each in runners for record in each.records]
+            write_outputs(run_dir, snapshot, finished[0]["_gallery"])
         return out
 
     error: Optional[BaseException] = None

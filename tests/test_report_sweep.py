@@ -11,6 +11,7 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from advbench.report import render_report
@@ -348,3 +349,57 @@ def test_one_field_at_a_time_sweep_trains_the_lan_once(tmp_path):
     part = section(html)
     for label in ("base", "output=masked_image", "eps=0.3"):
         assert f"<!-- {label} -->" in part, label  # matplotlib writes each text as a comment before its glyphs
+
+
+def test_finished_sweep_points_are_on_disk_while_the_rest_run(tmp_path, monkeypatch):
+    """After each sweep point, results.json holds the points finished so far (complete: false, and a line
+    in missing saying how many); the last point's write is the complete one."""
+    import advbench
+    from advbench import api, plugins
+    from advbench.cache import Cache
+    from advbench.runner import run_suite
+    from advbench.suite import load_suite
+
+    out = tmp_path / "run"
+    seen: list[dict] = []
+
+    class PeekingExecutor(api.Executor):
+        name = "zz-peeking-executor"
+        description = "runs cells in order and reads results.json before each one"
+
+        def map(self, fn, cells):
+            results = []
+            for cell in cells:
+                path = out / "results.json"
+                seen.append(json.loads(path.read_text()) if path.exists() else {})
+                results.append(fn(cell))
+            return results
+
+    class Plugin:
+        @advbench.hookimpl
+        def register_executors(register):
+            register(PeekingExecutor)
+
+    suite = yaml.safe_load((REPO / "suites" / "digits.yaml").read_text())
+    suite.update(executor={"plugin": "zz-peeking-executor"},
+                 sweep={"attacks.fgsm.options.eps": [0.1, 0.3]})
+    suite["victims"]["cnn"]["options"]["epochs"] = 2
+    suite["mask_classifier"]["options"]["epochs"] = 2
+    suite["evaluation"].update(n_eval=40, n_fit=30)
+    path = tmp_path / "digits-peek.yaml"
+    path.write_text(yaml.safe_dump(suite))
+    monkeypatch.setenv("ADVBENCH_CACHE", str(tmp_path / "cache"))
+    plugins.register_plugin(Plugin, name="zz-peeking-executor-plugin")
+    try:
+        final = run_suite(load_suite(path), out, torch.device("cpu"), Cache(tmp_path / "cache"))
+    finally:
+        plugins.unregister_plugin(Plugin)
+    assert seen[0] == {}
+    snapshot = seen[1]
+    assert snapshot["complete"] is False
+    assert "in progress: 1 of 2 sweep points finished" in snapshot["missing"]
+    assert {r["sweep"]["attacks.fgsm.options.eps"] for r in snapshot["detection"]} == {0.1}
+    assert snapshot["detection"] == [r for r in final["detection"] if r["sweep"]["attacks.fgsm.options.eps"] == 0.1]
+    on_disk = json.loads((out / "results.json").read_text())
+    assert on_disk["complete"] is True and on_disk["missing"] == []
+    assert {r["sweep"]["attacks.fgsm.options.eps"] for r in on_disk["detection"]} == {0.1, 0.3}
