@@ -152,14 +152,13 @@ class Runner:
         n_test = len(data.test_x)
         n_eval = min(n_eval, n_test)
         n_fit = min(n_fit, n_test - n_eval)
-        order = torch.randperm(n_test, generator=self.ctx().generator("evaluation-subset"))
+        order = self.test_order(data)
         return order[:n_eval], order[n_eval:n_eval + n_fit]
 
-    def mask_eval_indices(self, data: DataSplits, n: int) -> torch.Tensor:
-        """The test images f2's accuracy is measured on: the first n of the evaluation order, so they include
-        the evaluation images whenever n >= n_eval."""
-        n = min(n, len(data.test_x))
-        return torch.randperm(len(data.test_x), generator=self.ctx().generator("evaluation-subset"))[:n]
+    def test_order(self, data: DataSplits) -> torch.Tensor:
+        """The seeded order of the test set: evaluation images first, then detector-fitting images. f2's
+        accuracy (n_mask_eval) reads its first N, a superset of the evaluation images when N >= n_eval."""
+        return torch.randperm(len(data.test_x), generator=self.ctx().generator("evaluation-subset"))
 
     def train_classifier(self, section: str, name: str, inputs_key: str, train_x: torch.Tensor,
                          train_y: torch.Tensor, num_classes: int, checkpoint: Optional[str], label: str,
@@ -338,7 +337,7 @@ class Runner:
         n_mask_eval = spec.interpreters[iname].n_mask_eval or spec.evaluation.n_mask_eval
         if n_mask_eval is not None:
             # f2's accuracy on more test images than are attacked: a 300-image estimate is +-5 points
-            idx = self.mask_eval_indices(data, n_mask_eval)
+            idx = self.test_order(data)[:n_mask_eval]
             akey = make_key("mask-labels", {"set": "accuracy", "subset": _tensor_digest(idx)}, [ckey])
             read = self.stage("masks", f"{iname} on {target}: f2 accuracy on {len(idx)} test masks", akey,
                               lambda: {"labels": f2_labels(data.test_x[idx], f"f2 accuracy {iname}/{target}")}
