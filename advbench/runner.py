@@ -626,6 +626,9 @@ def run_suite(suite: Suite, run_dir: Path, device: torch.device, cache: Cache, l
     runners: list[Runner] = []
     finished: list[dict[str, Any]] = []
 
+    def stage_records() -> list[dict[str, Any]]:
+        return [vars(record) for runner in runners for record in runner.records]
+
     def run_point(point) -> dict[str, Any]:
         values, point_suite = point
         runner = Runner(point_suite, run_dir, device, cache, limit, progress, values,
@@ -640,7 +643,7 @@ def run_suite(suite: Suite, run_dir: Path, device: torch.device, cache: Cache, l
             for done in finished:
                 _merge(snapshot, done)
             snapshot["missing"].append(f"in progress: {len(finished)} of {len(points)} sweep points finished")
-            snapshot["stages"] = [vars(record) for each in runners for record in each.records]
+            snapshot["stages"] = stage_records()
             write_outputs(run_dir, snapshot, finished[0]["_gallery"])
         return out
 
@@ -662,7 +665,7 @@ def run_suite(suite: Suite, run_dir: Path, device: torch.device, cache: Cache, l
             if not results[section]:
                 results["missing"].append(f"{section}: not computed")
     finally:
-        results["stages"] = [vars(r) for runner in runners for r in runner.records]
+        results["stages"] = stage_records()
         results["finished"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
         results["wall_seconds"] = round(time.perf_counter() - t0, 2)
         write_outputs(run_dir, results, gallery)

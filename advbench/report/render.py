@@ -668,10 +668,11 @@ def sweep_section(results: dict[str, Any], view: View) -> Optional[dict[str, Any
     short = _short_fields(fields)
     # many fields varied one at a time: one "setting" column (what differs from the suite's own values) reads
     # better than a column per field that mostly repeats the base value
-    compact = len(fields) > 3 and bool(mapping(results.get("sweep_base")))
+    base = mapping(results.get("sweep_base"))
+    compact = len(fields) > 3 and bool(base)
     if compact:
         lead.append(Column("setting", "sweepval", "what differs from the suite's own setting: "
-                           + "; ".join(f"{f}={mapping(results.get('sweep_base')).get(f, NA)}" for f in fields)))
+                           + "; ".join(f"{f}={base.get(f, NA)}" for f in fields)))
     else:
         lead += [Column(short[f], "sweepval", f"swept field {f}") for f in fields]
     if show_f1:
