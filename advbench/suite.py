@@ -79,10 +79,14 @@ class SuiteSpec(_Strict):
     def _sweep_shape(cls, value: Any) -> Any:
         grids = value if isinstance(value, list) else [value]
         for i, grid in enumerate(grids):
+            where = f"sweep.{i}" if isinstance(value, list) else "sweep"
             if not isinstance(grid, dict):
-                where = f"sweep.{i}" if isinstance(value, list) else "sweep"
                 raise ValueError(f"{where}: found {_short(grid)}; allowed: a mapping of field path to a list of "
                                  "values, or a list of such mappings")
+            for field, values in grid.items():
+                if not isinstance(values, list):
+                    raise ValueError(f"{where}.{field}: found {_short(values)}; input should be a valid list of "
+                                     "values")
         return value
 
     @model_validator(mode="after")

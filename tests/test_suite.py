@@ -135,6 +135,8 @@ BAD = [
      ["found 5", "less than or equal to 1", "sweep point"]),
     ("sweep-grid-not-a-mapping", set_("sweep", [{"attacks.fgsm.options.eps": [0.1]}, 3]), "sweep.1",
      ["found 3", "a list of such mappings"]),
+    ("sweep-grid-value-not-a-list", set_("sweep", [{"attacks.fgsm.options.eps": 0.1}]),
+     "sweep.0.attacks.fgsm.options.eps", ["found 0.1", "valid list"]),
     ("sweep-not-a-list", set_("sweep", {"attacks.fgsm.options.eps": 0.1}), "sweep.attacks.fgsm.options.eps",
      ["valid list"]),
     ("sweep-unknown-field", set_("sweep", {"attacks.fgsm.options.epz": [0.1]}), "attacks.fgsm.options.epz",
