@@ -217,12 +217,38 @@ class Detector(Component):
 
 
 class Executor(Component):
-    """Runs a list of independent cells and returns their results in order (a local loop by default)."""
+    """Runs stage nodes of a run's plan, possibly many at once, possibly on other machines.
+
+    The driver (advbench.runner) hands over one ready node at a time with ``submit(fn, node)``: ``node`` is
+    plain, picklable data (``advbench.plan.Node``) and ``fn`` a module-level function, so both can travel to
+    another process. The executor calls ``fn(node, emit)`` wherever it likes; ``emit`` is a picklable
+    callable the executor provides that carries progress events (plain dicts) back to the driver, and
+    ``fn`` returns the node's stage record (a plain dict). ``wait`` blocks until at least one submitted node
+    has finished (or ``timeout`` seconds pass) and returns ``(node, record)`` pairs in any order; a node whose
+    ``fn`` raised comes back as ``(node, exception)``. Progress events reach the driver through the
+    ``on_event`` callback given to ``open``, called in the driver's process (from ``wait`` at the latest).
+
+    ``slots`` is how many nodes may run at once; the driver divides the cores among them.
+    Inputs and outputs travel through the cache folder, never through the executor.
+    """
 
     kind = "executor"
 
-    def map(self, fn: Callable[[Any], Any], cells: Sequence[Any]) -> list[Any]:
+    @property
+    def slots(self) -> int:
+        return 1
+
+    def open(self, on_event: Callable[[dict], None]) -> None:
+        """Start workers or connect to a cluster; called once before the first ``submit``."""
+
+    def submit(self, fn: Callable[[Any, Callable[[dict], None]], dict], node: Any) -> None:
         raise NotImplementedError
+
+    def wait(self, timeout: Optional[float] = None) -> list[tuple[Any, Any]]:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Stop what ``open`` started; called once, also after an interruption."""
 
 
 KINDS: dict[str, type[Component]] = {
