@@ -82,6 +82,26 @@ class Cache:
             self.remove(key)
             return None
 
+    def verify(self, key: str) -> bool:
+        """Whether the entry is there and intact (its payload's sha256 matches), without unpickling it; a damaged
+        entry is reported and removed, so it is recomputed."""
+        payload_path, meta_path = self._paths(key)
+        if not (payload_path.exists() and meta_path.exists()):
+            return False
+        try:
+            meta = json.loads(meta_path.read_text())
+            digest = hashlib.sha256()
+            with open(payload_path, "rb") as handle:
+                for block in iter(lambda: handle.read(1 << 22), b""):
+                    digest.update(block)
+            if not isinstance(meta, dict) or digest.hexdigest() != meta.get("sha256"):
+                raise ValueError("sha256 mismatch")
+            return True
+        except (OSError, ValueError) as exc:
+            log.warning("cache entry %s (%s) is corrupt (%s); recomputing", key[:12], meta_path.parent, exc)
+            self.remove(key)
+            return False
+
     def save(self, key: str, payload: Any, stage: str = "", description: str = "") -> None:
         payload_path, meta_path = self._paths(key)
         payload_path.parent.mkdir(parents=True, exist_ok=True)

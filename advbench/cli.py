@@ -73,21 +73,25 @@ def list_plugins(kind: Optional[str], as_json: bool) -> None:
     out.print(table)
 
 
-def _progress_bar(progress: Progress):
-    def track(iterable: Iterable, description: str, total: Optional[int] = None) -> Iterable:
-        if total is None:
-            try:
-                total = len(iterable)  # type: ignore[arg-type]
-            except TypeError:
-                total = None
-        task = progress.add_task(description, total=total)
-        try:
-            for item in iterable:
-                yield item
-                progress.advance(task)
-        finally:
-            progress.update(task, visible=False)
-    return track
+def _progress_events(progress: Progress):
+    """Progress events from the stage nodes (wherever they run) as rich bars: one per stage kind, one per loop."""
+    stage_bars: dict[str, object] = {}
+    loops: dict[str, object] = {}
+
+    def on_event(event: dict) -> None:
+        kind = event.get("type")
+        if kind == "plan":
+            for stage, count in event["stages"].items():
+                stage_bars[stage] = progress.add_task(f"[bold]{escape(stage)}[/] nodes", total=count)
+        elif kind == "node" and event.get("stage") in stage_bars:
+            progress.advance(stage_bars[event["stage"]])
+        elif kind == "start":
+            loops[event["id"]] = progress.add_task(escape(str(event.get("description", ""))), total=event.get("total"))
+        elif kind == "advance" and event.get("id") in loops:
+            progress.advance(loops[event["id"]], event.get("advance", 1))
+        elif kind == "end" and event.get("id") in loops:
+            progress.update(loops.pop(event["id"]), visible=False)
+    return on_event
 
 
 @main.command()
@@ -103,16 +107,24 @@ def _progress_bar(progress: Progress):
               help="Override a suite field, e.g. --set attacks.fgsm.options.eps=0.05 (repeatable).")
 @click.option("--open", "open_report", is_flag=True, help="Open the report in a browser when a display is there.")
 @click.option("--no-report", is_flag=True, help="Write results only, no HTML page.")
+@click.option("--executor", "executor_name", default=None, metavar="NAME",
+              help="Run the plan's nodes with this executor plugin (local, processes, ray, ...); short for "
+                   "--set executor.plugin=NAME.")
+@click.option("--threads", type=click.IntRange(min=1), default=None,
+              help="Torch threads per worker (default: the cores this process may use, shared by the executor's "
+                   "workers; OMP_NUM_THREADS is honoured).")
 def run(suite_file: Path, device: Optional[str], out_dir: Optional[Path], limit: Optional[int], seed: Optional[int],
-        overrides: tuple[str, ...], open_report: bool, no_report: bool) -> None:
+        overrides: tuple[str, ...], open_report: bool, no_report: bool, executor_name: Optional[str],
+        threads: Optional[int]) -> None:
     """Run the grid SUITE_FILE describes and write results.json, CSV tables and index.html."""
-    import torch
 
     from advbench.cache import Cache
     from advbench.runner import resolve_device, run_suite
     from advbench.suite import load_suite
 
     extra = list(overrides)
+    if executor_name is not None:
+        extra.insert(0, f"executor.plugin={executor_name}")
     if seed is not None:
         extra.append(f"seed={seed}")
     suite = load_suite(suite_file, extra)
@@ -121,13 +133,9 @@ def run(suite_file: Path, device: Optional[str], out_dir: Optional[Path], limit:
     run_dir = out_dir or Path("reports") / f"{suite.name}-{stamp}"
     run_dir.mkdir(parents=True, exist_ok=True)
     # the thread count changes float reductions and so trained weights: it is part of what repeats a run
-    threads = f"OMP_NUM_THREADS={shlex.quote(os.environ['OMP_NUM_THREADS'])} " if os.environ.get("OMP_NUM_THREADS") else ""
-    command = threads + "advbench " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    omp_prefix = f"OMP_NUM_THREADS={shlex.quote(os.environ['OMP_NUM_THREADS'])} " if os.environ.get("OMP_NUM_THREADS") else ""
+    command = omp_prefix + "advbench " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     _configure_logging(run_dir)
-    # use every core, unless the user chose a thread count (OMP_NUM_THREADS: on a shared, loaded machine one
-    # thread can be many times faster than an oversubscribed pool)
-    if not os.environ.get("OMP_NUM_THREADS") and torch.get_num_threads() < (os.cpu_count() or 1):
-        torch.set_num_threads(os.cpu_count() or 1)
     cache = Cache()
     banner = f"advbench {__version__}: suite {suite.name} on {chosen}, run folder {run_dir}, cache {cache.root}"
     logging.getLogger("advbench").info(banner)
@@ -141,8 +149,8 @@ def run(suite_file: Path, device: Optional[str], out_dir: Optional[Path], limit:
     interrupted = False
     try:
         with progress:
-            results = run_suite(suite, run_dir, chosen, cache, limit=limit, progress=_progress_bar(progress),
-                                command=command)
+            results = run_suite(suite, run_dir, device or suite.spec.device, cache, limit=limit,
+                                on_event=_progress_events(progress), command=command, threads=threads)
     except KeyboardInterrupt:
         interrupted = True
         results = json.loads((run_dir / "results.json").read_text())

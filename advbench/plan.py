@@ -41,3 +41,359 @@ class Node:
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Node) and other.key == self.key
+
+
+# ---------------------------------------------------------------------- building the plan
+
+CHUNK = 256  # images per cached attack chunk: the unit a killed run resumes from and a worker runs
+
+
+@dataclass
+class Point:
+    """One sweep point's view of the plan: which node holds what, for the driver to read results from."""
+
+    values: dict[str, Any]
+    suite: Any
+    victims: dict[str, dict[str, str]] = field(default_factory=dict)  # name -> victim, accuracy keys
+    interpreters: list[dict[str, Any]] = field(default_factory=list)  # per (target, interpreter)
+    attacks: list[dict[str, Any]] = field(default_factory=list)  # per (attack, source)
+    detections: list[dict[str, Any]] = field(default_factory=list)  # per (pair, detector, interpreter, attack)
+    galleries: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Plan:
+    nodes: dict[str, Node]  # key -> node, in a topological order (inputs first)
+    points: list[Point]
+    data: Node
+    subset: dict[str, Any]  # the evaluation subset: seed, n_test, n_eval, n_fit
+    subset_key: str
+
+    def dependents(self) -> dict[str, list[str]]:
+        found: dict[str, list[str]] = {k: [] for k in self.nodes}
+        for node in self.nodes.values():
+            for key in node.inputs:
+                found.setdefault(key, []).append(node.key)
+        return found
+
+
+def identity(reg: Any) -> dict[str, str]:
+    """A plugin's part of a cache key: name, distribution version and revision (today's formula, unchanged)."""
+    return {"name": reg.name, "distribution": reg.distribution, "version": reg.version, "revision": reg.cls.revision}
+
+
+def _with_kind(reg: Any) -> dict[str, str]:
+    return {**identity(reg), "kind": reg.kind}
+
+
+def _options(options: Any) -> dict[str, Any]:
+    return options.model_dump(mode="json")
+
+
+def subset_digest(subset: dict[str, Any]) -> str:
+    import torch
+
+    from advbench.stages import subset_indices
+
+    eval_idx, fit_idx = subset_indices(subset)
+    return tensor_digest(torch.cat([eval_idx, fit_idx]))
+
+
+def tensor_digest(t: Any) -> str:
+    import hashlib
+
+    return hashlib.sha256(t.contiguous().cpu().numpy().tobytes()).hexdigest()[:16]
+
+
+def file_digest(path: Any) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def data_node(suite: Any, settings: Settings) -> Node:
+    from advbench.cache import make_key
+
+    reg, options = suite.component("dataset")
+    key = make_key("dataset", {"options": _options(options)}, [], identity(reg))
+    return Node(key, "data", reg.name, settings, plugin=_with_kind(reg), options=_options(options), stored=False)
+
+
+def build_plan(suite: Any, data: Any, settings: Settings, limit: Optional[int] = None) -> Plan:
+    """Every sweep point's nodes in one graph; a node two points share (same key) is one node."""
+    builder = _Builder(suite, data, settings, limit)
+    for values, point_suite in suite.points():
+        builder.point(values, point_suite)
+    return Plan(builder.nodes, builder.points, builder.data, builder.subset, builder.subset_key)
+
+
+class _Builder:
+    def __init__(self, suite: Any, data: Any, settings: Settings, limit: Optional[int]) -> None:
+        self.settings = settings
+        self.data = data_node(suite, settings)
+        self.shape = tuple(data.input_shape)
+        self.num_classes = data.num_classes
+        self.classes = list(data.classes)
+        self.n_train = len(data.train_x)
+        ev = suite.spec.evaluation
+        n_eval, n_fit = ev.n_eval, ev.n_fit
+        if limit is not None:
+            n_eval, n_fit = min(n_eval, limit), min(n_fit, limit)
+        n_test = len(data.test_x)
+        n_eval = min(n_eval, n_test)
+        n_fit = min(n_fit, n_test - n_eval)
+        self.subset = {"seed": settings.seed, "n_test": n_test, "n_eval": n_eval, "n_fit": n_fit}
+        self.subset_key = subset_digest(self.subset)
+        self.nodes: dict[str, Node] = {}
+        self.points: list[Point] = []
+
+    def add(self, node: Node) -> Node:
+        return self.nodes.setdefault(node.key, node)
+
+    def images(self, which: str, **extra: Any) -> dict[str, Any]:
+        return {"set": which, "data": self.data, "subset": self.subset, **extra}
+
+    # ------------------------------------------------------------------ classifiers
+    def classifier(self, suite: Any, section: str, name: str, inputs_key: str, checkpoint: Optional[str], label: str,
+                   salt: tuple, masks: Optional[str] = None, limit: Optional[int] = None) -> Node:
+        from pathlib import Path
+
+        from advbench.cache import make_key
+        from advbench.errors import AdvbenchError
+
+        reg, options = suite.component(section, name)
+        field_path = f"{section}.{name}" if name else section
+        params = {"section": section, "name": name, "salt": list(salt), "input_shape": list(self.shape),
+                  "num_classes": self.num_classes, "data": self.data, "masks": masks, "limit": limit}
+        if checkpoint:
+            path = Path(checkpoint).expanduser()
+            if not path.is_file():
+                raise AdvbenchError(f"{suite.source}: {field_path}.checkpoint: no such file {str(path)!r}")
+            key = make_key("checkpoint", {"sha256": file_digest(path)}, [], identity(reg))
+            return self.add(Node(key, "checkpoint", label, self.settings, plugin=_with_kind(reg),
+                                 options=_options(options), stored=False,
+                                 params={**params, "path": str(path), "field": f"{field_path}.checkpoint",
+                                         "source": suite.source}))
+        # the salt seeds the training, so it is part of the key: two victims with one recipe are two models
+        config = {"options": _options(options), "seed": self.settings.seed, "input_shape": list(self.shape),
+                  "num_classes": self.num_classes, "salt": list(salt)}
+        key = make_key(section, config, [inputs_key], identity(reg))
+        stage = "victim" if section == "victims" else "mask-classifier"
+        return self.add(Node(key, stage, label, self.settings, inputs=(masks,) if masks else (),
+                             plugin=_with_kind(reg), options=_options(options), params=params,
+                             resources={"cpus": 1, "gpus": 0, "memory_mb": 4096}))
+
+    def victim(self, suite: Any, point: Point, name: str) -> Node:
+        from advbench.cache import make_key
+
+        node = self.classifier(suite, "victims", name, self.data.key, suite.spec.victims[name].checkpoint,
+                               f"victims.{name}", ("victim", name))
+        accuracy = self.add(Node(make_key("accuracy", {}, [node.key, self.data.key]), "accuracy",
+                                 f"clean accuracy {name}", self.settings, inputs=_stored(node),
+                                 params={"victim": node, "data": self.data, "name": name}))
+        point.victims.setdefault(name, {"victim": node.key, "accuracy": accuracy.key,
+                                        "plugin": suite.component("victims", name)[0].name})
+        return node
+
+    # ------------------------------------------------------------------ interpretation
+    def interpretation(self, suite: Any, point: Point, target: str, victim: Node, iname: str) -> dict[str, Any]:
+        from advbench.cache import make_key
+
+        spec = suite.spec
+        ireg, ioptions = suite.component("interpreters", iname)
+        limit = spec.interpreters[iname].mask_train_limit or spec.evaluation.mask_train_limit
+        limit = limit if limit is not None and limit < self.n_train else None
+        options = _options(ioptions)
+        fit_options = {k: v for k, v in options.items() if k not in ireg.cls.explain_options}
+        iconfig = {"options": fit_options, "seed": self.settings.seed, "salt": ["interpreter", target, iname]}
+        raw_limit = spec.interpreters[iname].mask_train_limit or spec.evaluation.mask_train_limit
+        if raw_limit is not None:
+            iconfig["train_limit"] = raw_limit
+        ikey = make_key("interpreter", iconfig, [victim.key], identity(ireg))
+        mkey = make_key("masks", {"split": "train", "limit": raw_limit, "options": options}, [ikey])
+        interp = {"plugin": _with_kind(ireg), "options": options, "target": target, "name": iname, "key": ikey,
+                  "masks_key": mkey, "victim": victim, "data": self.data, "limit": limit,
+                  "input_shape": list(self.shape), "num_classes": self.num_classes}
+        inputs = _stored(victim)
+        if _stateful(ireg, ioptions, self.shape, self.num_classes):
+            self.add(Node(ikey, "interpreter", f"{iname} on {target}", self.settings, inputs=inputs,
+                          plugin=_with_kind(ireg), options=options, params={"interp": interp},
+                          resources={"cpus": 1, "gpus": 0, "memory_mb": 4096}))
+            inputs = (ikey,) + inputs
+        else:
+            interp["fitted"] = False
+        self.add(Node(mkey, "masks", f"{iname} on {target}: training masks", self.settings, inputs=inputs,
+                      plugin=_with_kind(ireg), options=options, params={"interp": interp}))
+        creg = suite.component("mask_classifier")[0]
+        f2 = self.classifier(suite, "mask_classifier", "", mkey, spec.mask_classifier.checkpoint,
+                             f"{creg.name} on {iname}/{target} masks", ("mask-classifier", target, iname),
+                             masks=mkey, limit=limit)
+        reads = inputs + _stored(f2)
+        bkey = make_key("mask-labels", {"set": "eval", "subset": self.subset_key}, [f2.key])
+        self.add(Node(bkey, "mask-labels", f"{iname} on {target}: evaluation mask labels", self.settings,
+                      inputs=reads, params={"interp": interp, "f2": f2, "images": self.images("eval"),
+                                            "progress": f"f2 labels {iname}/{target}"}))
+        accuracy_key, n_accuracy = bkey, self.subset["n_eval"]
+        n_mask_eval = spec.interpreters[iname].n_mask_eval or spec.evaluation.n_mask_eval
+        if n_mask_eval is not None:
+            # f2's accuracy on more test images than are attacked: a 300-image estimate is +-5 points
+            from advbench.stages import test_order
+
+            idx = test_order(self.subset)[:n_mask_eval]
+            n_accuracy = len(idx)
+            accuracy_key = make_key("mask-labels", {"set": "accuracy", "subset": tensor_digest(idx)}, [f2.key])
+            self.add(Node(accuracy_key, "mask-labels", f"{iname} on {target}: f2 accuracy on {len(idx)} test masks",
+                          self.settings, inputs=reads,
+                          params={"interp": interp, "f2": f2, "progress": f"f2 accuracy {iname}/{target}",
+                                  "images": self.images("test-order", n=n_mask_eval)}))
+        entry = {"target": target, "interpreter": iname, "plugin": ireg.name, "mask_classifier": creg.name,
+                 "eval_labels": bkey, "accuracy_labels": accuracy_key, "n_accuracy": n_accuracy,
+                 "accuracy_set": "eval" if n_mask_eval is None else "test-order", "n_mask_eval": n_mask_eval,
+                 "n_train_masks": limit if limit is not None else self.n_train, "interp": interp, "f2": f2,
+                 "reads": reads}
+        point.interpreters.append(entry)
+        return entry
+
+    # ------------------------------------------------------------------ attacks
+    def attack(self, suite: Any, point: Point, aname: str, source: str, victim: Node) -> dict[str, Any]:
+        from advbench.cache import make_key
+
+        areg, aoptions = suite.component("attacks", aname)
+        config = {"options": _options(aoptions), "seed": self.settings.seed, "batch_size": self.settings.batch_size,
+                  "salt": ["attack", aname, source], "subset": self.subset_key}
+        base_key = make_key("adversarial", config, [victim.key], identity(areg))
+        n = self.subset["n_eval"] + self.subset["n_fit"]
+        chunks = []
+        for start in range(0, n, CHUNK):
+            chunk_key = make_key("adversarial-chunk", {"start": start, "size": CHUNK}, [base_key])
+            chunks.append(self.add(Node(
+                chunk_key, "adversarial-chunk", f"{aname} on {source} [{start}:]", self.settings,
+                inputs=_stored(victim), plugin=_with_kind(areg), options=_options(aoptions),
+                params={"attack": aname, "source": source, "victim": victim, "start": start, "size": CHUNK,
+                        "images": self.images("eval+fit")},
+                resources={"cpus": 1, "gpus": 0, "memory_mb": 2048})).key)
+        self.add(Node(base_key, "adversarial", f"{aname} on {source}", self.settings,
+                      inputs=tuple(chunks) + _stored(victim),
+                      params={"chunks": chunks, "victim": victim, "images": self.images("eval+fit")}))
+        entry = {"attack": aname, "plugin": areg.name, "norm": areg.cls.norm, "source": source, "key": base_key}
+        point.attacks.append(entry)
+        return entry
+
+    # ------------------------------------------------------------------ detection
+    def detection(self, suite: Any, point: Point, dname: str, iname: Optional[str], source: str, target: str,
+                  victim: Node, interp: Optional[dict[str, Any]], attacks: dict[tuple[str, str], dict[str, Any]]) -> None:
+        from advbench.cache import make_key
+
+        dreg, doptions = suite.component("detectors", dname)
+        env_key = interp["f2"].key if interp else victim.key
+        env = {"victim": victim, "data": self.data, "interp": interp["interp"] if interp else None,
+               "f2": interp["f2"] if interp else None}
+        env_inputs = interp["reads"] if interp else _stored(victim)
+        adversarial_fit = dreg.cls.needs_adversarial_fit
+        name = f"{dname}{'/' + iname if iname else ''} on {target}"
+        n_eval = self.subset["n_eval"]
+        for aname in suite.spec.attacks:
+            adv = attacks[(aname, source)]
+            fit_on = [env_key, self.subset_key] + ([adv["key"]] if adversarial_fit else [])
+            fit_key = make_key("scores", {"options": _options(doptions), "seed": self.settings.seed,
+                                          "salt": ["detector", dname, iname, target]}, fit_on, identity(dreg))
+            label = f"{name}, {aname} from {source}"
+            params = {"detector": dname, "interpreter": iname, "target": target, "env": env, "fit_key": fit_key,
+                      "fit_images": self.images("fit"), "eval_fit_images": self.images("eval+fit"),
+                      "fit_adversarial": adv["key"] if adversarial_fit else None,
+                      "images": {"benign": self.images("eval"),
+                                 "adversarial": self.images("adversarial", key=adv["key"], start=0, stop=n_eval)}}
+            common = dict(plugin=_with_kind(dreg), options=_options(doptions),
+                          resources={"cpus": 1, "gpus": 0, "memory_mb": 4096})
+            reads = env_inputs + (adv["key"],)
+            if adversarial_fit:  # fitted per attack: its benign scores belong to this attack
+                key = make_key("scores-for", {}, [fit_key, adv["key"]])
+                self.add(Node(key, "scores", label, self.settings, inputs=reads,
+                              params={**params, "parts": ["benign", "adversarial"]}, **common))
+                benign_key = adversarial_key = key
+            else:  # fitted on benign data alone: one benign scoring serves every attack
+                benign_key = make_key("scores-benign", {}, [fit_key])
+                self.add(Node(benign_key, "scores", f"{name}, benign", self.settings, inputs=env_inputs,
+                              params={**params, "parts": ["benign"]}, **common))
+                adversarial_key = make_key("scores-adversarial", {}, [fit_key, adv["key"]])
+                self.add(Node(adversarial_key, "scores", label, self.settings, inputs=reads,
+                              params={**params, "parts": ["adversarial"]}, **common))
+            labels_key = benign_labels = None
+            if interp is not None:
+                labels_key = make_key("mask-labels", {"set": "adversarial"}, [env_key, adv["key"]])
+                self.add(Node(labels_key, "mask-labels", f"f2 labels {iname}/{target} on {aname} from {source}",
+                              self.settings, inputs=interp["reads"] + (adv["key"],),
+                              params={"interp": interp["interp"], "f2": interp["f2"],
+                                      "progress": f"f2 labels {aname}/{source}",
+                                      "images": self.images("adversarial", key=adv["key"], start=0, stop=n_eval)}))
+                benign_labels = interp["eval_labels"]
+            point.detections.append({
+                "detector": dname, "interpreter": iname, "attack": aname, "source": source, "target": target,
+                "score_definition": getattr(dreg.cls, "score_definition", None) or dreg.cls.description,
+                "benign": benign_key, "adversarial": adversarial_key, "attack_key": adv["key"],
+                "labels": labels_key, "benign_labels": benign_labels})
+
+    def gallery(self, point: Point, target: str, victim: Node, interp: dict[str, Any],
+                attacks: dict[tuple[str, str], dict[str, Any]], classes: list[str]) -> None:
+        from advbench.cache import make_key
+
+        adversarial = {a: entry["key"] for (a, source), entry in attacks.items() if source == target}
+        key = make_key("gallery", {"examples": 4, "subset": self.subset_key, "attacks": adversarial},
+                       [interp["f2"].key, interp["interp"]["masks_key"]])
+        self.add(Node(key, "gallery", f"gallery {interp['interpreter']} on {target}", self.settings,
+                      inputs=interp["reads"] + tuple(adversarial.values()),
+                      params={"interp": interp["interp"], "f2": interp["f2"], "images": self.images("eval"),
+                              "eval_fit_images": self.images("eval+fit"), "adversarial": adversarial,
+                              "classes": list(classes)}))
+        point.galleries.append(key)
+
+    # ------------------------------------------------------------------ one point
+    def point(self, values: dict[str, Any], suite: Any) -> Point:
+        point = Point(values, suite)
+        spec = suite.spec
+        victims: dict[str, Node] = {}
+
+        def need(name: str) -> Node:
+            if name not in victims:
+                victims[name] = self.victim(suite, point, name)
+            return victims[name]
+
+        targets = list(dict.fromkeys(p.target for p in spec.evaluation.pairs))
+        sources = list(dict.fromkeys(p.source for p in spec.evaluation.pairs))
+        interps: dict[tuple[str, str], dict[str, Any]] = {}
+        for target in targets:
+            for iname in spec.interpreters:
+                interps[(target, iname)] = self.interpretation(suite, point, target, need(target), iname)
+        attacks: dict[tuple[str, str], dict[str, Any]] = {}
+        for aname in spec.attacks:
+            for source in sources:
+                attacks[(aname, source)] = self.attack(suite, point, aname, source, need(source))
+        for pair in spec.evaluation.pairs:
+            for dname in spec.detectors:
+                dreg = suite.component("detectors", dname)[0]
+                for iname in (list(spec.interpreters) if dreg.cls.needs_interpreter else [None]):
+                    self.detection(suite, point, dname, iname, pair.source, pair.target, victims[pair.target],
+                                   interps.get((pair.target, iname)) if iname else None, attacks)
+        for name in spec.victims:
+            need(name)
+        if not self.points:  # the page's gallery shows the first point
+            for (target, _), interp in interps.items():
+                self.gallery(point, target, victims[target], interp, attacks, self.classes)
+        self.points.append(point)
+        return point
+
+
+def _stored(node: Node) -> tuple[str, ...]:
+    return (node.key,) if node.stored else ()
+
+
+def _stateful(reg: Any, options: Any, shape: tuple, num_classes: int) -> bool:
+    """Whether an interpreter has a fitted state (its build returns a module); built with a private RNG."""
+    import torch
+
+    with torch.random.fork_rng(devices=[]):
+        return reg.cls(options).build(shape, num_classes) is not None

@@ -1,20 +1,16 @@
-"""The grid as a line of cached stages:
+"""The driver: turns a suite into a plan of stage nodes, hands ready nodes to an executor, and writes the run folder.
 
-data -> victims -> interpreters -> masks -> mask classifiers -> adversarial sets -> detection scores
--> metrics -> report.
-
-Each stage's artifact is stored in the cache under a key made of its canonical configuration, its inputs'
-keys and its plugin's name, distribution version and revision, so a second run reuses everything and a
-changed field recomputes only what depends on it. Long stages (attacks, scores) are cached per chunk, so a
-killed run resumes where it stopped.
+The plan (advbench.plan) is a graph of pure nodes keyed by their cache keys; the stage functions
+(advbench.stages) compute them; an executor (local, processes, ray, ...) runs them wherever it likes and sends
+back stage records and progress events as data. This module keeps only the loop and the bookkeeping: which
+nodes are ready, what is already cached, and the results tables read from the finished nodes' artifacts.
+results.json is written whenever a sweep point finishes and at the end, also after an interruption or a
+failure (``complete: false``), and everything computed stays cached, so the same command resumes.
 """
 
 from __future__ import annotations
 
-import contextlib
-import copy
 import csv
-import hashlib
 import io
 import json
 import logging
@@ -23,512 +19,245 @@ import os
 import platform
 import subprocess
 import time
-from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Iterable, Optional
+from typing import Any, Callable, Optional
 
 import torch
-from torch import nn
 
 import advbench
 from advbench import metrics, plugins
-from advbench.api import DataSplits, DetectorEnv, RunContext
-from advbench.cache import Cache, make_key
-from advbench.errors import AdvbenchError
+from advbench.cache import Cache
+from advbench.plan import CHUNK, Node, Plan, Point, Settings, build_plan, data_node  # noqa: F401  (CHUNK: re-export)
+from advbench.stages import InputMissing, load_dataset, resolve_device, run_node, seeded, subset_indices  # noqa: F401
 from advbench.suite import Suite
 
 log = logging.getLogger("advbench.run")
-CHUNK = 256  # images per cached attack / score chunk: the unit a killed run resumes from
 
 
-def resolve_device(requested: str) -> torch.device:
-    if requested == "cuda" and not torch.cuda.is_available():
-        raise AdvbenchError("--device cuda: CUDA is not available on this machine; allowed here: auto, cpu")
-    if requested in ("auto", "cuda") and torch.cuda.is_available():
-        return torch.device("cuda")
-    return torch.device("cpu")
+class Driver:
+    """Runs a plan's nodes through an executor: each node once its inputs are in the cache."""
 
+    def __init__(self, plan: Plan, cache: Cache, executor: Any, on_event: Callable[[dict], None]) -> None:
+        self.plan = plan
+        self.cache = cache
+        self.executor = executor
+        self.on_event = on_event
+        self.records: list[dict[str, Any]] = []
+        self.done: set[str] = set()
 
-def plugin_identity(reg: plugins.Registration) -> dict[str, str]:
-    return {"name": reg.name, "distribution": reg.distribution, "version": reg.version, "revision": reg.cls.revision}
+    def check_cached(self) -> None:
+        """What the cache already holds (a damaged entry is reported, removed and so recomputed)."""
+        for key, node in self.plan.nodes.items():
+            if self.cache.verify(key):
+                self.done.add(key)
+                self.records.append({"stage": _record_stage(node), "label": node.label, "seconds": 0.0,
+                                     "cached": True, "key": key})
 
+    def run(self, targets: Optional[set[str]] = None, on_finished: Optional[Callable[[], None]] = None) -> None:
+        """Compute every node of ``targets`` (default: all) not yet done, inputs first."""
+        nodes = self.plan.nodes
+        wanted = set(nodes) if targets is None else self._closure(targets)
+        todo = [k for k in nodes if k in wanted and k not in self.done]
+        pending = {k: {i for i in nodes[k].inputs if i not in self.done} for k in todo}
+        submitted: set[str] = set()
+        self._progress_total(todo)
+        while pending:
+            for key in [k for k, needs in pending.items() if not needs and k not in submitted]:
+                self.executor.submit(run_node, nodes[key])
+                submitted.add(key)
+            if not submitted:
+                missing = {i for needs in pending.values() for i in needs if i not in nodes}
+                raise RuntimeError(f"plan has inputs no node computes: {sorted(missing)[:3]}")
+            for node, outcome in self.executor.wait(timeout=0.5):
+                submitted.discard(node.key)
+                if isinstance(outcome, InputMissing) and outcome.key in nodes:
+                    # an input vanished or was found corrupt: compute it again, then this node
+                    lost = outcome.key
+                    self.done.discard(lost)
+                    self.records = [r for r in self.records if r["key"] != lost]
+                    pending[lost] = {i for i in nodes[lost].inputs if i not in self.done}
+                    for key, needs in pending.items():
+                        if lost in nodes[key].inputs or key == node.key:
+                            needs.add(lost)
+                    continue
+                if isinstance(outcome, BaseException):
+                    raise outcome
+                pending.pop(node.key, None)
+                self.done.add(node.key)
+                self.records.append({k: outcome[k] for k in ("stage", "label", "seconds", "cached", "key")})
+                self.on_event({"type": "node", "stage": outcome["stage"]})
+                for needs in pending.values():
+                    needs.discard(node.key)
+                if on_finished is not None:
+                    on_finished()
 
-def _options_dict(options: Any) -> dict[str, Any]:
-    return options.model_dump(mode="json")
+    def _closure(self, targets: set[str]) -> set[str]:
+        found, stack = set(), list(targets)
+        while stack:
+            key = stack.pop()
+            if key in found or key not in self.plan.nodes:
+                continue
+            found.add(key)
+            stack.extend(self.plan.nodes[key].inputs)
+        return found
 
+    def _progress_total(self, todo: list[str]) -> None:
+        counts: dict[str, int] = {}
+        for key in todo:
+            stage = _record_stage(self.plan.nodes[key])
+            counts[stage] = counts.get(stage, 0) + 1
+        self.on_event({"type": "plan", "stages": counts})
 
-def _tensor_digest(t: torch.Tensor) -> str:
-    return hashlib.sha256(t.contiguous().cpu().numpy().tobytes()).hexdigest()[:16]
-
-
-def _freeze(model: nn.Module, device: torch.device) -> nn.Module:
-    model.to(device).eval()
-    for p in model.parameters():
-        p.requires_grad_(False)
-    return model
-
-
-@contextlib.contextmanager
-def seeded(seed: int, device: torch.device):
-    """Run library code that draws from torch's global RNG (weight init, dropout, third-party attacks) from a
-    seed the harness derived, and give the caller's global RNG state back afterwards."""
-    devices = [device] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed % (2 ** 63))
-        yield
-
-
-@dataclass
-class StageRecord:
-    stage: str
-    label: str
-    seconds: float
-    cached: bool
-
-
-@dataclass
-class Runner:
-    """Runs one suite (one sweep point) and returns its results dict. ``progress`` drives rich bars."""
-
-    suite: Suite
-    run_dir: Path
-    device: torch.device
-    cache: Cache
-    limit: Optional[int] = None
-    progress: Optional[Callable[[Iterable, str, Optional[int]], Iterable]] = None
-    sweep_values: dict[str, Any] = field(default_factory=dict)
-    records: list[StageRecord] = field(default_factory=list)
-    sweep_base: dict[str, Any] = field(default_factory=dict)  # the suite's own values: messages name what differs
-
-    # ------------------------------------------------------------------ helpers
-    @property
-    def spec(self):
-        return self.suite.spec
-
-    def ctx(self, *salt: Any) -> RunContext:
-        base = RunContext(self.device, self.spec.batch_size, self.spec.seed, self.progress)
-        return base.child(*salt) if salt else base
-
-    def stage(self, stage: str, label: str, key: str, compute: Callable[[], Any]) -> Any:
-        log.info("%s %s: start (key %s)", stage, label, key[:12])
-        start = time.perf_counter()
-        payload, cached = self.cache.get_or_compute(key, compute, stage=stage, description=label)
-        seconds = time.perf_counter() - start
-        self.records.append(StageRecord(stage, label, round(seconds, 3), cached))
-        log.info("%s %s: %.1fs%s", stage, label, seconds, " (cached)" if cached else "")
+    def load(self, key: str) -> Any:
+        """A finished node's artifact; a damaged one is computed again (with whatever of its inputs is lost)."""
+        payload = self.cache.load(key)
+        if payload is None and key in self.plan.nodes:
+            self.done.discard(key)
+            self.run({key})
+            payload = self.cache.load(key)
+        if payload is None:
+            raise RuntimeError(f"cache entry {key[:12]} could not be computed")
         return payload
 
-    def batched(self, fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, label: str = "",
-                ctx: Optional[RunContext] = None) -> torch.Tensor:
-        """Apply ``fn`` to ``x`` batch by batch on the device; returns a CPU tensor."""
-        ctx = ctx or self.ctx()
-        out = []
-        steps = range(0, len(x), ctx.batch_size)
-        iterator = ctx.track(steps, label, len(steps)) if label else steps
-        for start in iterator:
-            out.append(fn(x[start:start + ctx.batch_size].to(self.device)).detach().cpu())
-        return torch.cat(out) if out else torch.empty(0)
 
-    def predict(self, model: nn.Module, x: torch.Tensor, label: str = "") -> torch.Tensor:
-        with torch.no_grad():
-            return self.batched(lambda b: model(b).argmax(1), x, label)
+def _record_stage(node: Node) -> str:
+    from advbench.stages import record_stage
 
-    # ------------------------------------------------------------------ stages
-    def load_data(self) -> tuple[DataSplits, str]:
-        reg, options = self.suite.component("dataset")
-        key = make_key("dataset", {"options": _options_dict(options)}, [], plugin_identity(reg))
-        start = time.perf_counter()
-        data = reg.cls(options).load(self.ctx("dataset"))
-        self.records.append(StageRecord("data", reg.name, round(time.perf_counter() - start, 3), False))
-        return data, key
+    return record_stage(node)
 
-    def evaluation_indices(self, data: DataSplits) -> tuple[torch.Tensor, torch.Tensor]:
-        """A fixed, seeded subset of the test set: evaluation images, then disjoint detector-fitting images."""
-        ev = self.spec.evaluation
-        n_eval, n_fit = ev.n_eval, ev.n_fit
-        if self.limit is not None:
-            n_eval, n_fit = min(n_eval, self.limit), min(n_fit, self.limit)
-        n_test = len(data.test_x)
-        n_eval = min(n_eval, n_test)
-        n_fit = min(n_fit, n_test - n_eval)
-        order = self.test_order(data)
-        return order[:n_eval], order[n_eval:n_eval + n_fit]
 
-    def test_order(self, data: DataSplits) -> torch.Tensor:
-        """The seeded order of the test set: evaluation images first, then detector-fitting images. f2's
-        accuracy (n_mask_eval) reads its first N, a superset of the evaluation images when N >= n_eval."""
-        return torch.randperm(len(data.test_x), generator=self.ctx().generator("evaluation-subset"))
+# ---------------------------------------------------------------------- results from finished nodes
 
-    def train_classifier(self, section: str, name: str, inputs_key: str, train_x: torch.Tensor,
-                         train_y: torch.Tensor, num_classes: int, checkpoint: Optional[str], label: str,
-                         salt: tuple) -> tuple[nn.Module, str]:
-        """Build and train (or load from ``checkpoint``) a victim-kind component: a victim or the mask classifier."""
-        reg, options = self.suite.component(section, name)
-        field_path = f"{section}.{name}" if name else section
-        classifier = reg.cls(options)
-        input_shape = tuple(train_x.shape[1:])
-        ctx = self.ctx(*salt)
-        with seeded(ctx.derive_seed("build"), self.device):
-            model = classifier.build(input_shape, num_classes)
-        if checkpoint:
-            path = Path(checkpoint).expanduser()
-            if not path.is_file():
-                raise AdvbenchError(f"{self.suite.source}: {field_path}.checkpoint: no such file {str(path)!r}")
-            state = torch.load(path, map_location="cpu", weights_only=True)
-            if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
-                state = state["state_dict"]
-            try:
-                model.load_state_dict(state)
-            except (RuntimeError, TypeError, AttributeError) as exc:
-                first = (str(exc).splitlines() or ["not a state_dict"])[0]
-                raise AdvbenchError(f"{self.suite.source}: {field_path}.checkpoint: {str(path)!r} does not fit "
-                                    f"{reg.kind} {reg.name!r}: {first}") from None
-            key = make_key("checkpoint", {"sha256": _file_digest(path)}, [], plugin_identity(reg))
-            return _freeze(model, self.device), key
-        # the salt seeds the training, so it is part of the key: two victims with one recipe are two models
-        config = {"options": _options_dict(options), "seed": self.spec.seed, "input_shape": list(input_shape),
-                  "num_classes": num_classes, "salt": list(salt)}
-        key = make_key(section, config, [inputs_key], plugin_identity(reg))
 
-        def compute() -> dict[str, Any]:
-            with seeded(ctx.derive_seed("fit"), self.device):
-                classifier.fit(model, train_x, train_y, ctx)
-            return {"state_dict": {k: v.cpu() for k, v in model.state_dict().items()}}
+class Assembler:
+    """Reads a point's rows from its nodes' artifacts; a row whose nodes are not all done is left out."""
 
-        payload = self.stage("victim" if section == "victims" else "mask-classifier", label, key, compute)
-        model.load_state_dict(payload["state_dict"])
-        return _freeze(model, self.device), key
+    def __init__(self, driver: Driver, data: Any, eval_y: torch.Tensor, eval_x: torch.Tensor, fit_y: torch.Tensor,
+                 spec_filtered: bool, sweep_base: dict[str, Any]) -> None:
+        self.driver = driver
+        self.data = data
+        self.eval_x, self.eval_y, self.fit_y = eval_x, eval_y, fit_y
+        self.filtered = spec_filtered
+        self.sweep_base = sweep_base
 
-    def run(self) -> dict[str, Any]:
-        spec = self.spec
-        results: dict[str, Any] = {"victims": {}, "interpreters": [], "attacks": [], "detection": [],
-                                   "worst_case": [], "warnings": []}
-        self.partial = results  # what an interrupted run still reports
-        data, data_key = self.load_data()
-        results["dataset"] = {"plugin": self.suite.component("dataset")[0].name, "classes": data.classes,
-                              "n_train": len(data.train_x), "n_test": len(data.test_x)}
-        eval_idx, fit_idx = self.evaluation_indices(data)
-        results["evaluation"] = {"n_eval": len(eval_idx), "n_fit": len(fit_idx),
-                                 "benign_pairing": "the benign originals of the adversarial inputs counted"}
-        eval_x, eval_y = data.test_x[eval_idx], data.test_y[eval_idx]
-        fit_x, fit_y = data.test_x[fit_idx], data.test_y[fit_idx]
-        subset_key = _tensor_digest(torch.cat([eval_idx, fit_idx]))
-        self.subset_key = subset_key  # every stage computed on the evaluation images keys on it
+    def ready(self, *keys: Optional[str]) -> bool:
+        return all(k is None or k in self.driver.done or k not in self.driver.plan.nodes for k in keys)
 
-        # victims train when first needed (targets' interpreters, then attack sources), so a run can go on
-        # with one victim while another is still being trained elsewhere into the same cache
-        victims: dict[str, nn.Module] = {}
-        victim_keys: dict[str, str] = {}
+    def point(self, point: Point) -> dict[str, Any]:
+        sweep = {"sweep": dict(point.values)} if point.values else {}
+        out: dict[str, Any] = {"victims": {}, "interpreters": [], "attacks": [], "detection": [], "worst_case": [],
+                               "warnings": [], "_sweep": point.values}
+        load = self.driver.load
+        for name, entry in point.victims.items():
+            if self.ready(entry["accuracy"]):
+                out["victims"][name] = {"plugin": entry["plugin"],
+                                        "clean_accuracy": load(entry["accuracy"])["accuracy"]}
+        for entry in point.interpreters:
+            if not self.ready(entry["accuracy_labels"], entry["eval_labels"]):
+                continue
+            read = load(entry["accuracy_labels"])["labels"]
+            truth = self.eval_y if entry["accuracy_set"] == "eval" else \
+                self.data.test_y[_test_order_idx(self.driver.plan, entry["n_mask_eval"])]
+            accuracy = float((read == truth).float().mean()) if len(truth) else None
+            if accuracy is not None:
+                log.info("f2 (%s on %s masks of %s) reads %.4f of %d clean test masks%s", entry["mask_classifier"],
+                         entry["interpreter"], entry["target"], accuracy, len(truth), self.where(point))
+            counts = torch.bincount(read, minlength=self.data.num_classes)
+            out["interpreters"].append({
+                "victim": entry["target"], "interpreter": entry["interpreter"], "plugin": entry["plugin"],
+                "mask_classifier": entry["mask_classifier"], "mask_classifier_accuracy": accuracy,
+                "majority_class_share": float(counts.max() / max(1, len(read))) if len(read) else None,
+                "n_accuracy_masks": len(read), "n_train_masks": entry["n_train_masks"],
+                "mask_channels": self.mask_channels(entry), **sweep})
+        attacks = {}
+        for entry in point.attacks:
+            if not self.ready(entry["key"]):
+                continue
+            adv = load(entry["key"])
+            attacks[(entry["attack"], entry["source"])] = adv
+            out["attacks"].append(self.attack_row(entry, adv, sweep))
+        self.detection(point, attacks, out, sweep)
+        return out
 
-        def need(name: str) -> nn.Module:
-            if name not in victims:
-                vspec = spec.victims[name]
-                model, key = self.train_classifier("victims", name, data_key, data.train_x, data.train_y,
-                                                   data.num_classes, vspec.checkpoint, f"victims.{name}",
-                                                   ("victim", name))
-                victims[name], victim_keys[name] = model, key
-                accuracy = self.stage("metrics", f"clean accuracy {name}", make_key("accuracy", {}, [key, data_key]),
-                                      lambda: {"accuracy": float((self.predict(model, data.test_x, f"accuracy {name}")
-                                                                  == data.test_y).float().mean())})
-                results["victims"][name] = {"plugin": self.suite.component("victims", name)[0].name,
-                                            "clean_accuracy": accuracy["accuracy"]}
-            return victims[name]
+    def mask_channels(self, entry: dict[str, Any]) -> Optional[int]:
+        """The masks' channel count (stored beside f2's labels of the evaluation masks)."""
+        channels = self.driver.load(entry["eval_labels"]).get("mask_channels")
+        if channels is None:  # an entry made before the count was stored: read the training masks
+            channels = int(self.driver.load(entry["interp"]["masks_key"])["masks"].shape[1])
+        return channels
 
-        targets = list(dict.fromkeys(p.target for p in spec.evaluation.pairs))
-        sources = list(dict.fromkeys(p.source for p in spec.evaluation.pairs))
-
-        # interpreters and mask classifiers, per target victim
-        detectors_env: dict[tuple[str, Optional[str]], DetectorEnv] = {}
-        env_keys: dict[tuple[str, Optional[str]], str] = {}
-        mask_labels: dict[tuple[str, str], Callable[[torch.Tensor, str], torch.Tensor]] = {}
-        for target in targets:
-            detectors_env[(target, None)] = DetectorEnv(need(target), data.train_x, data.train_y, data.num_classes)
-            env_keys[(target, None)] = victim_keys[target]
-            for iname in spec.interpreters:
-                env, env_key, row, labeler = self.interpretation(target, iname, victims[target], victim_keys[target],
-                                                                 data, eval_x, eval_y, fit_x)
-                detectors_env[(target, iname)] = env
-                env_keys[(target, iname)] = env_key
-                mask_labels[(target, iname)] = labeler
-                results["interpreters"].append(row)
-
-        # adversarial sets, per (attack, source)
-        adversarial: dict[tuple[str, str], dict[str, torch.Tensor]] = {}
-        for aname in spec.attacks:
-            for source in sources:
-                adv = self.attack(aname, source, need(source), victim_keys[source], eval_x, eval_y, fit_x, fit_y,
-                                  subset_key)
-                adversarial[(aname, source)] = adv
-                results["attacks"].append(adv["row"])
-
-        # detection
-        for pair in spec.evaluation.pairs:
-            for dname in spec.detectors:
-                dreg, _ = self.suite.component("detectors", dname)
-                interps: list[Optional[str]] = list(spec.interpreters) if dreg.cls.needs_interpreter else [None]
-                for iname in interps:
-                    rows, worst = self.detect(dname, iname, pair.source, pair.target, detectors_env[(pair.target, iname)],
-                                              env_keys[(pair.target, iname)], adversarial, eval_x, eval_y, fit_x,
-                                              mask_labels.get((pair.target, iname)), subset_key)
-                    results["detection"].extend(rows)
-                    results["worst_case"].extend(worst)
-
-        for name in spec.victims:
-            need(name)
-        results["warnings"].extend(self.warnings(results))
-        self.gallery = self.build_gallery(targets, detectors_env, mask_labels, adversarial, eval_x, eval_y, data.classes,
-                                          victims)
-        return results
-
-    # ------------------------------------------------------------------ interpretation
-    def interpretation(self, target: str, iname: str, victim: nn.Module, victim_key: str, data: DataSplits,
-                       eval_x: torch.Tensor, eval_y: torch.Tensor, fit_x: torch.Tensor):
-        spec = self.spec
-        ireg, ioptions = self.suite.component("interpreters", iname)
-        interpreter = ireg.cls(ioptions)
-        ctx = self.ctx("interpreter", target, iname)
-        with seeded(ctx.derive_seed("build"), self.device):
-            state = interpreter.build(data.input_shape, data.num_classes)
-        # a slow interpreter may fit and feed f2 on a seeded subset of the training set
-        limit = spec.interpreters[iname].mask_train_limit or spec.evaluation.mask_train_limit
-        train_x, train_y = data.train_x, data.train_y
-        if limit is not None and limit < len(train_x):
-            order = torch.randperm(len(train_x), generator=self.ctx().generator("mask-train-subset"))[:limit]
-            train_x, train_y = train_x[order], train_y[order]
-        options = _options_dict(ioptions)
-        fit_options = {k: v for k, v in options.items() if k not in ireg.cls.explain_options}
-        iconfig = {"options": fit_options, "seed": spec.seed, "salt": ["interpreter", target, iname]}
-        if limit is not None:
-            iconfig["train_limit"] = limit
-        ikey = make_key("interpreter", iconfig, [victim_key], plugin_identity(ireg))
-        if state is not None:
-            def fit_state() -> dict[str, Any]:
-                state.to(self.device).train()
-                with seeded(ctx.derive_seed("fit"), self.device):
-                    interpreter.fit(state, victim, train_x, train_y, ctx)
-                return {"state_dict": {k: v.cpu() for k, v in state.state_dict().items()}}
-
-            payload = self.stage("interpreter", f"{iname} on {target}", ikey, fit_state)
-            state.load_state_dict(payload["state_dict"])
-            _freeze(state, self.device)
-
-        def explain(x: torch.Tensor) -> torch.Tensor:
-            with seeded(ctx.derive_seed("explain"), self.device):
-                return interpreter.explain(state, victim, x, ctx).clamp(0, 1)
-
-        mkey = make_key("masks", {"split": "train", "limit": limit, "options": options}, [ikey])
-        masks = self.stage("masks", f"{iname} on {target}: training masks", mkey, lambda: {
-            "masks": self.batched(explain, train_x, f"masks {iname}/{target} (train)").half()})["masks"]
-
-        creg = self.suite.component("mask_classifier")[0]
-        f2, ckey = self.train_classifier("mask_classifier", "", mkey, masks.float(), train_y, data.num_classes,
-                                         spec.mask_classifier.checkpoint, f"{creg.name} on {iname}/{target} masks",
-                                         ("mask-classifier", target, iname))
-
-        def f2_labels(x: torch.Tensor, label: str) -> torch.Tensor:
-            return self.predict(nn.Sequential(_Explain(explain), f2), x, label)
-
-        # f2 accuracy on the benign evaluation masks
-        bkey = make_key("mask-labels", {"set": "eval", "subset": self.subset_key}, [ckey])
-        benign_f2 = self.stage("masks", f"{iname} on {target}: evaluation mask labels", bkey,
-                               lambda: {"labels": f2_labels(eval_x, f"f2 labels {iname}/{target}")})["labels"]
-        read, truth = benign_f2, eval_y
-        n_mask_eval = spec.interpreters[iname].n_mask_eval or spec.evaluation.n_mask_eval
-        if n_mask_eval is not None:
-            # f2's accuracy on more test images than are attacked: a 300-image estimate is +-5 points
-            idx = self.test_order(data)[:n_mask_eval]
-            akey = make_key("mask-labels", {"set": "accuracy", "subset": _tensor_digest(idx)}, [ckey])
-            read = self.stage("masks", f"{iname} on {target}: f2 accuracy on {len(idx)} test masks", akey,
-                              lambda: {"labels": f2_labels(data.test_x[idx], f"f2 accuracy {iname}/{target}")}
-                              )["labels"]
-            truth = data.test_y[idx]
-        accuracy = float((read == truth).float().mean()) if len(truth) else None
-        if accuracy is not None:
-            log.info("f2 (%s on %s masks of %s) reads %.4f of %d clean test masks%s", creg.name, iname, target,
-                     accuracy, len(truth), self._where())
-        counts = torch.bincount(read, minlength=data.num_classes)
-        majority = float(counts.max() / max(1, len(read))) if len(read) else None
-        row = {"victim": target, "interpreter": iname, "plugin": ireg.name, "mask_classifier": creg.name,
-               "mask_classifier_accuracy": accuracy, "majority_class_share": majority, "n_accuracy_masks": len(read),
-               "n_train_masks": len(masks), "mask_channels": int(masks.shape[1]), **self._sweep()}
-        env = DetectorEnv(victim, data.train_x, data.train_y, data.num_classes, explain=explain, mask_classifier=f2)
-        return env, ckey, row, f2_labels
-
-    # ------------------------------------------------------------------ attacks
-    def attack(self, aname: str, source: str, model: nn.Module, victim_key: str, eval_x, eval_y, fit_x, fit_y,
-               subset_key: str) -> dict[str, Any]:
-        areg, aoptions = self.suite.component("attacks", aname)
-        attack = areg.cls(aoptions)
-        x = torch.cat([eval_x, fit_x])
-        y = torch.cat([eval_y, fit_y])
-        config = {"options": _options_dict(aoptions), "seed": self.spec.seed, "batch_size": self.spec.batch_size,
-                  "salt": ["attack", aname, source],
-                  "subset": subset_key}
-        base_key = make_key("adversarial", config, [victim_key], plugin_identity(areg))
-        chunks = []
-        starts = list(range(0, len(x), CHUNK))
-        label = f"{aname} on {source}"
-        start_time = time.perf_counter()
-        cached_all = True
-        for start in self.ctx().track(starts, f"attack {label}", len(starts)):
-            chunk_key = make_key("adversarial-chunk", {"start": start, "size": CHUNK}, [base_key])
-            payload = self.cache.load(chunk_key)
-            if payload is None:
-                cached_all = False
-                xs, ys = x[start:start + CHUNK], y[start:start + CHUNK]
-                payload = {"x": self._run_attack(attack, model, xs, ys, self.ctx("attack", aname, source, start))}
-                self.cache.save(chunk_key, payload, stage="adversarial", description=f"{label} [{start}:]")
-            chunks.append(payload["x"])
-        self.records.append(StageRecord("adversarial", label, round(time.perf_counter() - start_time, 3), cached_all))
-        x_adv = torch.cat(chunks) if chunks else torch.empty_like(x)
-        pred_clean = self.predict(model, x)
-        pred_adv = self.predict(model, x_adv)
+    def attack_row(self, entry: dict[str, Any], adv: dict[str, Any], sweep: dict[str, Any]) -> dict[str, Any]:
+        n_eval = len(self.eval_x)
+        y = torch.cat([self.eval_y, self.fit_y])
         # an attack succeeds on an input the victim classified correctly and now misclassifies
-        success = (pred_clean == y) & (pred_adv != y)
-        delta = (x_adv - x).flatten(1)
-        n_eval = len(eval_x)
+        success = (adv["pred_clean"] == y) & (adv["pred_adv"] != y)
         ok = success[:n_eval]
-        d = delta[:n_eval][ok]
-        row = {"attack": aname, "plugin": areg.name, "norm": areg.cls.norm, "source": source, "n": n_eval,
-               "n_success": int(ok.sum()),
-               "success_rate": float(ok.float().mean()) if n_eval else None,
-               "n_correct": int((pred_clean[:n_eval] == y[:n_eval]).sum()),
-               "mean_linf": float(d.abs().amax(1).mean()) if len(d) else None,
-               "mean_l2": float(d.norm(dim=1).mean()) if len(d) else None,
-               "mean_l0": float((d.abs() > 1e-6).float().sum(1).mean()) if len(d) else None,
-               "l0_unit": "input elements (C x H x W) changed by more than 1e-6",
-               **self._sweep()}
-        return {"x_adv": x_adv, "success": success, "pred_adv": pred_adv, "key": base_key, "row": row}
+        d = (adv["x_adv"][:n_eval] - self.eval_x).flatten(1)[ok]
+        return {"attack": entry["attack"], "plugin": entry["plugin"], "norm": entry["norm"], "source": entry["source"],
+                "n": n_eval, "n_success": int(ok.sum()),
+                "success_rate": float(ok.float().mean()) if n_eval else None,
+                "n_correct": int((adv["pred_clean"][:n_eval] == y[:n_eval]).sum()),
+                "mean_linf": float(d.abs().amax(1).mean()) if len(d) else None,
+                "mean_l2": float(d.norm(dim=1).mean()) if len(d) else None,
+                "mean_l0": float((d.abs() > 1e-6).float().sum(1).mean()) if len(d) else None,
+                "l0_unit": "input elements (C x H x W) changed by more than 1e-6", **sweep}
 
-    def _run_attack(self, attack, model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: RunContext) -> torch.Tensor:
-        out = []
-        for start in range(0, len(x), ctx.batch_size):
-            xb = x[start:start + ctx.batch_size].to(self.device)
-            yb = y[start:start + ctx.batch_size].to(self.device)
-            batch_ctx = ctx.child(start)
-            with seeded(batch_ctx.seed, self.device):
-                adv = attack.run(model, xb, yb, batch_ctx).detach()
-            if adv.shape != xb.shape:
-                raise AdvbenchError(f"attack {attack.name!r} returned shape {tuple(adv.shape)} for input "
-                                    f"{tuple(xb.shape)}")
-            out.append(adv.clamp(0, 1).cpu())
-        return torch.cat(out)
-
-    # ------------------------------------------------------------------ detection
-    def detect(self, dname: str, iname: Optional[str], source: str, target: str, env: DetectorEnv, env_key: str,
-               adversarial, eval_x, eval_y, fit_x, f2_labels, subset_key: str):
-        dreg, doptions = self.suite.component("detectors", dname)
-        rows, worst_inputs = [], {}
-        n_eval = len(eval_x)
-        benign_cache: dict[str, Any] = {}
-        adversarial_fit = dreg.cls.needs_adversarial_fit
-        ctx = self.ctx("detector", dname, iname, target)
-        fitted: dict[str, Any] = {}  # key -> detector fitted on it, fitted only when a stage must compute
-        name = f"{dname}{'/' + iname if iname else ''} on {target}"
-        for aname in self.spec.attacks:
-            adv = adversarial[(aname, source)]
-            fit_success = adv["success"][n_eval:]
-            fit_adv = adv["x_adv"][n_eval:][fit_success] if adversarial_fit else fit_x[:0]
-            fit_on = [env_key, subset_key] + ([adv["key"]] if adversarial_fit else [])
-            key = make_key("scores", {"options": _options_dict(doptions), "seed": self.spec.seed,
-                                      "salt": ["detector", dname, iname, target]}, fit_on,
-                           plugin_identity(dreg))
-            label = f"{name}, {aname} from {source}"
-
-            def detector(key: str = key, fit_adv: torch.Tensor = fit_adv):
-                if key not in fitted:
-                    fitted.clear()
-                    fitted[key] = dreg.cls(doptions)
-                    with seeded(ctx.derive_seed("fit"), self.device):
-                        fitted[key].fit(env, fit_x, fit_adv, ctx)
-                return fitted[key]
-
-            def score_adversarial(label: str = label, adv: dict = adv) -> dict[str, Any]:
-                return {"adversarial": self._score(detector(), env, adv["x_adv"][:n_eval], ctx,
-                                                   f"score adversarial ({label})")}
-
-            if adversarial_fit:  # fitted per attack: its benign scores belong to this attack
-                scores = self.stage("scores", label, make_key("scores-for", {}, [key, adv["key"]]), lambda: {
-                    "benign": self._score(detector(), env, eval_x, ctx, f"score benign ({label})"),
-                    **score_adversarial()})
-            else:  # fitted on benign data alone: one benign scoring serves every attack
-                benign = self.stage("scores", f"{name}, benign", make_key("scores-benign", {}, [key]), lambda: {
-                    "benign": self._score(detector(), env, eval_x, ctx, f"score benign ({name})")})["benign"]
-                scores = {"benign": benign, **self.stage("scores", label, make_key("scores-adversarial", {},
-                                                                                   [key, adv["key"]]),
-                                                         score_adversarial)}
-            labels = None
-            if f2_labels is not None:
-                lkey = make_key("mask-labels", {"set": "adversarial"}, [env_key, adv["key"]])
-                labels = self.stage("masks", f"f2 labels {iname}/{target} on {aname} from {source}", lkey, lambda: {
-                    "labels": f2_labels(adv["x_adv"][:n_eval], f"f2 labels {aname}/{source}")})["labels"]
-                if "benign" not in benign_cache:
-                    bkey = make_key("mask-labels", {"set": "eval", "subset": subset_key}, [env_key])
-                    benign_cache["benign"] = self.stage("masks", f"f2 labels {iname}/{target} benign", bkey, lambda: {
-                        "labels": f2_labels(eval_x, f"f2 labels benign {iname}/{target}")})["labels"]
-            success = adv["success"][:n_eval]
-            worst_inputs[aname] = (scores, success)
-            for subset in ("all", "filtered") if (labels is not None and self.spec.evaluation.filtered) else ("all",):
+    def detection(self, point: Point, attacks: dict, out: dict[str, Any], sweep: dict[str, Any]) -> None:
+        n_eval = len(self.eval_x)
+        y = torch.cat([self.eval_y, self.fit_y])
+        groups: dict[tuple, dict[str, Any]] = {}
+        for d in point.detections:
+            if (d["attack"], d["source"]) not in attacks or not self.ready(d["benign"], d["adversarial"], d["labels"],
+                                                                           d["benign_labels"]):
+                continue
+            adv = attacks[(d["attack"], d["source"])]
+            success = ((adv["pred_clean"] == y) & (adv["pred_adv"] != y))[:n_eval]
+            benign = self.driver.load(d["benign"])["benign"]
+            scores = {"benign": benign, "adversarial": self.driver.load(d["adversarial"])["adversarial"]}
+            labels = self.driver.load(d["labels"])["labels"] if d["labels"] else None
+            benign_labels = self.driver.load(d["benign_labels"])["labels"] if d["benign_labels"] else None
+            group = groups.setdefault((d["detector"], d["interpreter"], d["source"], d["target"]), {})
+            group[d["attack"]] = (scores, success)
+            subsets = ("all", "filtered") if (labels is not None and self.filtered) else ("all",)
+            for subset in subsets:
                 keep = torch.ones(n_eval, dtype=torch.bool)
                 if subset == "filtered":
-                    keep = benign_cache["benign"] == eval_y
+                    keep = benign_labels == self.eval_y
                 for population in ("successful", "attacked"):
                     chosen = keep & success if population == "successful" else keep
-                    row = {"detector": dname, "interpreter": iname, "attack": aname, "source": source, "target": target,
-                           "subset": subset, "population": population,
-                           "score_definition": dreg.cls.score_definition if hasattr(dreg.cls, "score_definition")
-                           else dreg.cls.description, **self._sweep()}
-                    row.update(self._metrics(scores, chosen))
+                    row = {"detector": d["detector"], "interpreter": d["interpreter"], "attack": d["attack"],
+                           "source": d["source"], "target": d["target"], "subset": subset, "population": population,
+                           "score_definition": d["score_definition"], **sweep}
+                    row.update(_metrics(scores, chosen))
                     if labels is not None:
                         adv_labels = labels[chosen]
-                        row["mask_invariance"] = metrics.mask_invariance(benign_cache["benign"][chosen], adv_labels) \
+                        row["mask_invariance"] = metrics.mask_invariance(benign_labels[chosen], adv_labels) \
                             if chosen.any() else None
-                        row["recovery_rate"] = metrics.recovery_rate(adv_labels, eval_y[chosen]) if chosen.any() else None
+                        row["recovery_rate"] = metrics.recovery_rate(adv_labels, self.eval_y[chosen]) \
+                            if chosen.any() else None
                     else:
                         row["mask_invariance"] = row["recovery_rate"] = None
-                    rows.append(row)
-        worst = []
-        if len(worst_inputs) > 1:
-            per_attack = {a: (s["adversarial"]["score"], s["adversarial"]["flag"], ok) for a, (s, ok) in worst_inputs.items()}
-            first = next(iter(worst_inputs.values()))[0]
-            summary = metrics.worst_case(per_attack, first["benign"]["score"], first["benign"]["flag"])
-            worst.append({"detector": dname, "interpreter": iname, "source": source, "target": target, "subset": "all",
-                          **summary, **self._sweep()})
-        return rows, worst
+                    out["detection"].append(row)
+        for (dname, iname, source, target), per in groups.items():
+            if len(per) > 1:
+                first = next(iter(per.values()))[0]
+                summary = metrics.worst_case({a: (s["adversarial"]["score"], s["adversarial"]["flag"], ok)
+                                              for a, (s, ok) in per.items()},
+                                             first["benign"]["score"], first["benign"]["flag"])
+                out["worst_case"].append({"detector": dname, "interpreter": iname, "source": source, "target": target,
+                                          "subset": "all", **summary, **sweep})
 
-    def _score(self, detector, env: DetectorEnv, x: torch.Tensor, ctx: RunContext, label: str) -> dict[str, Any]:
-        scores, flags = [], []
-        steps = range(0, len(x), ctx.batch_size)
-        for start in ctx.track(steps, label, len(steps)):
-            with seeded(ctx.derive_seed("score", start), self.device):
-                out = detector.score(env, x[start:start + ctx.batch_size].to(self.device), ctx)
-            scores.append(out.score.detach().float().cpu())
-            if out.flag is not None:
-                flags.append(out.flag.detach().bool().cpu())
-        return {"score": torch.cat(scores) if scores else torch.empty(0),
-                "flag": torch.cat(flags) if flags else None}
-
-    def _metrics(self, scores: dict[str, Any], chosen: torch.Tensor) -> dict[str, Any]:
-        benign, adv = scores["benign"], scores["adversarial"]
-        bf = benign["flag"][chosen] if benign["flag"] is not None else None
-        af = adv["flag"][chosen] if adv["flag"] is not None else None
-        return metrics.detection_metrics(benign["score"][chosen], adv["score"][chosen], bf, af)
-
-    def _sweep(self) -> dict[str, Any]:
-        return {"sweep": dict(self.sweep_values)} if self.sweep_values else {}
-
-    def _where(self) -> str:
-        if not self.sweep_values:
+    def where(self, point: Point) -> str:
+        if not point.values:
             return ""
-        changed = {k: v for k, v in self.sweep_values.items() if k not in self.sweep_base or self.sweep_base[k] != v}
+        changed = {k: v for k, v in point.values.items() if k not in self.sweep_base or self.sweep_base[k] != v}
         where = ", ".join(f"{k}={v}" for k, v in changed.items()) or "the suite's own setting"
         return f" [sweep point {where}]"
 
-    # ------------------------------------------------------------------ warnings and gallery
-    def warnings(self, results: dict[str, Any]) -> list[str]:
+    def warnings(self, point: Point, results: dict[str, Any]) -> list[str]:
         found = []
-        suffix = self._where()
+        suffix = self.where(point)
         for row in results["interpreters"]:
             share = row.get("majority_class_share")
             if share is not None and share > 0.5:
@@ -545,72 +274,65 @@ class Runner:
                              f"label-only's {ref:.3f}{suffix}")
         return found
 
-    def build_gallery(self, targets, envs, mask_labels, adversarial, eval_x, eval_y, classes, victims) -> list[dict]:
-        gallery = []
-        n_examples = min(4, len(eval_x))
-        for (target, iname), env in envs.items():
-            if iname is None or env.explain is None:
-                continue
-            with torch.no_grad():
-                per_class_idx = [int((eval_y == c).nonzero()[0]) for c in range(len(classes)) if (eval_y == c).any()]
-                idx = torch.tensor(per_class_idx, dtype=torch.long)
 
-                def describe(x: torch.Tensor) -> dict[str, torch.Tensor]:
-                    xd = x.to(self.device)
-                    masks = env.explain(xd)
-                    # clone: torch.save stores a view's whole storage (the full evaluation set)
-                    return {"x": x.cpu().clone(), "mask": masks.cpu().float().clone(),
-                            "f1": victims[target](xd).argmax(1).cpu(), "f2": env.mask_classifier(masks).argmax(1).cpu()}
+def _test_order_idx(plan: Plan, n: int) -> torch.Tensor:
+    from advbench.stages import test_order
 
-                per_class = {**describe(eval_x[idx]), "y": eval_y[idx]}
-                examples = {**describe(eval_x[:n_examples]), "y": eval_y[:n_examples].clone(), "adversarial": {}}
-                for (aname, source), adv in adversarial.items():
-                    if source != target:
-                        continue
-                    entry = describe(adv["x_adv"][:n_examples])
-                    entry["success"] = adv["success"][:n_examples].clone()
-                    examples["adversarial"][aname] = entry
-            gallery.append({"victim": target, "interpreter": iname, "classes": list(classes), "per_class": per_class,
-                            "examples": examples})
-        return gallery
+    return test_order(plan.subset)[:n]
 
 
-class _Explain(nn.Module):
-    def __init__(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> None:
-        super().__init__()
-        self.fn = fn
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fn(x)
-
-
-def _file_digest(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+def _metrics(scores: dict[str, Any], chosen: torch.Tensor) -> dict[str, Any]:
+    benign, adv = scores["benign"], scores["adversarial"]
+    bf = benign["flag"][chosen] if benign["flag"] is not None else None
+    af = adv["flag"][chosen] if adv["flag"] is not None else None
+    return metrics.detection_metrics(benign["score"][chosen], adv["score"][chosen], bf, af)
 
 
 # ---------------------------------------------------------------------- the whole run
 
-def run_suite(suite: Suite, run_dir: Path, device: torch.device, cache: Cache, limit: Optional[int] = None,
-              progress=None, command: str = "") -> dict[str, Any]:
+
+def default_threads(slots: int) -> int:
+    """Torch threads per worker: the cores this process may use (OMP_NUM_THREADS honoured), shared by the slots."""
+    if os.environ.get("OMP_NUM_THREADS", "").isdigit():
+        cores = int(os.environ["OMP_NUM_THREADS"])
+    else:
+        try:
+            cores = len(os.sched_getaffinity(0))
+        except AttributeError:
+            cores = os.cpu_count() or 1
+    return max(1, cores // max(1, slots))
+
+
+def run_suite(suite: Suite, run_dir: Path, device: Any, cache: Cache, limit: Optional[int] = None,
+              on_event: Optional[Callable[[dict], None]] = None, command: str = "",
+              threads: Optional[int] = None, executor: Any = None) -> dict[str, Any]:
     """Run every sweep point of ``suite`` and write results.json, CSV tables and gallery.pt into ``run_dir``.
 
+    ``device`` is what the user asked for ("auto", "cpu", "cuda" or a torch.device); each worker resolves it.
     On an interruption (Ctrl-C) or a failure the results computed so far are written with ``complete: false``
     before the exception propagates; everything cached stays cached.
     """
+    on_event = on_event or (lambda event: None)
     run_dir.mkdir(parents=True, exist_ok=True)
+    requested = device.type if isinstance(device, torch.device) else str(device)
+    local_device = resolve_device(requested)
     started = datetime.now(timezone.utc)
     t0 = time.perf_counter()
+    if executor is None:
+        ereg, eoptions = suite.component("executor")
+        executor = ereg.cls(eoptions)
+    slots = max(1, int(getattr(executor, "slots", 1) or 1))
+    threads = threads or default_threads(slots)
+    settings = Settings(cache_root=str(cache.root), device=requested, batch_size=suite.spec.batch_size,
+                        seed=suite.spec.seed, threads=threads)
     results: dict[str, Any] = {
         "suite": suite.name, "suite_file": suite.source, "command": command, "advbench_version": advbench.__version__,
-        "seed": suite.spec.seed, "device": str(device), "torch_version": torch.__version__,
+        "seed": suite.spec.seed, "device": str(local_device), "torch_version": torch.__version__,
         "python_version": platform.python_version(), "started": started.isoformat(timespec="seconds"),
-        "git_commit": _git_commit(run_dir), "host": {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-                                              "cuda_device": torch.cuda.get_device_name(0) if device.type == "cuda"
-                                              else None},
+        "git_commit": _git_commit(run_dir), "host": {"cpus": os.cpu_count(), "torch_threads": threads,
+                                              "cuda_device": torch.cuda.get_device_name(0)
+                                              if local_device.type == "cuda" else None},
+        "executor": {"plugin": getattr(executor, "name", type(executor).__name__), "slots": slots},
         "limit": limit, "complete": False, "missing": [],
         "plugins": [{"kind": r.kind, "name": r.name, "distribution": r.distribution, "version": r.version}
                     for r in plugins.components()],
@@ -620,58 +342,114 @@ def run_suite(suite: Suite, run_dir: Path, device: torch.device, cache: Cache, l
         "stages": [],
     }
     gallery: list = []
-    points = suite.points()
-    ereg, eoptions = suite.component("executor")
-    executor = ereg.cls(eoptions)
-    runners: list[Runner] = []
-    finished: list[dict[str, Any]] = []
-
-    def stage_records() -> list[dict[str, Any]]:
-        return [vars(record) for runner in runners for record in runner.records]
-
-    def run_point(point) -> dict[str, Any]:
-        values, point_suite = point
-        runner = Runner(point_suite, run_dir, device, cache, limit, progress, values,
-                        sweep_base=results["sweep_base"])
-        runners.append(runner)
-        out = runner.run()
-        out["_gallery"] = runner.gallery
-        out["_sweep"] = values
-        finished.append(out)
-        if len(finished) < len(points):  # a long sweep's finished points can be read while the rest run
-            snapshot = copy.deepcopy({k: v for k, v in results.items() if k != "stages"})
-            for done in finished:
-                _merge(snapshot, done)
-            snapshot["missing"].append(f"in progress: {len(finished)} of {len(points)} sweep points finished")
-            snapshot["stages"] = stage_records()
-            write_outputs(run_dir, snapshot, finished[0]["_gallery"])
-        return out
-
+    driver: Optional[Driver] = None
+    assembler: Optional[Assembler] = None
+    finished_points: list[int] = []
     error: Optional[BaseException] = None
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)
     try:
-        for out in executor.map(run_point, points):
-            _merge(results, out)
-            if not gallery:
-                gallery = out["_gallery"]
+        dnode = data_node(suite, settings)
+        start = time.perf_counter()
+        data = load_dataset(dnode)
+        data_record = {"stage": "data", "label": dnode.label, "seconds": round(time.perf_counter() - start, 3),
+                       "cached": False, "key": dnode.key}
+        plan = build_plan(suite, data, settings, limit)
+        eval_idx, fit_idx = subset_indices(plan.subset)
+        results["dataset"] = {"plugin": dnode.label, "classes": data.classes, "n_train": len(data.train_x),
+                              "n_test": len(data.test_x)}
+        results["evaluation"] = {"n_eval": len(eval_idx), "n_fit": len(fit_idx),
+                                 "benign_pairing": "the benign originals of the adversarial inputs counted"}
+        driver = Driver(plan, cache, executor, on_event)
+        driver.records.append(data_record)
+        assembler = Assembler(driver, data, data.test_y[eval_idx], data.test_x[eval_idx], data.test_y[fit_idx],
+                              suite.spec.evaluation.filtered, results["sweep_base"])
+        driver.check_cached()
+        executor.open(on_event)
+
+        def point_done(index: int) -> bool:
+            point = plan.points[index]
+            keys = [k for k in _point_keys(point) if k in plan.nodes]
+            return all(k in driver.done for k in keys)
+
+        def snapshot() -> None:
+            newly = [i for i in range(len(plan.points)) if i not in finished_points and point_done(i)]
+            if not newly or len(plan.points) == 1:
+                return
+            finished_points.extend(newly)
+            if len(finished_points) < len(plan.points):  # a long sweep's finished points can be read meanwhile
+                partial = {**results, "victims": {}, "interpreters": [], "attacks": [], "detection": [],
+                           "worst_case": [], "warnings": [], "missing": list(results["missing"])}
+                for i in sorted(finished_points):
+                    _merge(partial, _assemble(assembler, plan.points[i]))
+                partial["missing"].append(f"in progress: {len(finished_points)} of {len(plan.points)} sweep points "
+                                          "finished")
+                partial["stages"] = _stage_records(driver)
+                write_outputs(run_dir, partial, gallery)
+
+        driver.run(on_finished=snapshot)
+        for point in plan.points:
+            _merge(results, _assemble(assembler, point))
+        gallery = [driver.load(key) for key in plan.points[0].galleries]
         results["complete"] = True
     except BaseException as exc:  # record what was computed, then re-raise
         error = exc
-        for runner in runners:
-            _merge(results, {**getattr(runner, "partial", {}), "_sweep": runner.sweep_values})
-        done = sum(len(r.records) for r in runners)
+        if driver is not None and assembler is not None:
+            for point in driver.plan.points:
+                try:
+                    _merge(results, _assemble(assembler, point, partial=True))
+                except BaseException:  # a second interruption or a broken artifact: keep what is merged
+                    break
+        done = len([r for r in driver.records if not r["cached"]]) if driver is not None else 0
         results["missing"].append(f"stopped by {type(exc).__name__} after {done} stages; run the same command "
                                   "again to resume from the cache")
         for section in ("victims", "interpreters", "attacks", "detection"):
             if not results[section]:
                 results["missing"].append(f"{section}: not computed")
     finally:
-        results["stages"] = stage_records()
-        results["finished"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
-        results["wall_seconds"] = round(time.perf_counter() - t0, 2)
-        write_outputs(run_dir, results, gallery)
+        try:
+            executor.close()
+        finally:
+            torch.set_num_threads(previous_threads)
+            results["stages"] = _stage_records(driver)
+            results["finished"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+            results["wall_seconds"] = round(time.perf_counter() - t0, 2)
+            write_outputs(run_dir, results, gallery)
     if error is not None:
         raise error
     return results
+
+
+def _stage_records(driver: Optional[Driver]) -> list[dict[str, Any]]:
+    if driver is None:
+        return []
+    return [{k: v for k, v in record.items() if k != "key"} for record in driver.records]
+
+
+def _point_keys(point: Point) -> list[str]:
+    keys = [v for entry in point.victims.values() for v in (entry["victim"], entry["accuracy"])]
+    for entry in point.interpreters:
+        keys += [entry["eval_labels"], entry["accuracy_labels"], entry["f2"].key]
+    keys += [entry["key"] for entry in point.attacks]
+    for d in point.detections:
+        keys += [k for k in (d["benign"], d["adversarial"], d["labels"], d["benign_labels"]) if k]
+    return keys
+
+
+def _assemble(assembler: Assembler, point: Point, partial: bool = False) -> dict[str, Any]:
+    out = assembler.point(point)
+    out["warnings"] = assembler.warnings(point, out)
+    return out
+
+
+def _merge(results: dict[str, Any], out: dict[str, Any]) -> None:
+    for key in ("interpreters", "attacks", "detection", "worst_case", "warnings"):
+        results[key].extend(out.get(key, []))
+    results["victims"].update(out.get("victims", {}))
+    if out.get("_sweep"):  # a swept field may change a victim: keep every point's
+        results.setdefault("points", []).append({"sweep": out["_sweep"], "victims": out.get("victims", {})})
+    results.setdefault("dataset", out.get("dataset"))
+    results.setdefault("evaluation", out.get("evaluation"))
 
 
 def _git_commit(run_dir: Optional[Path] = None) -> Optional[str]:
@@ -689,16 +467,6 @@ def _git_commit(run_dir: Optional[Path] = None) -> Optional[str]:
         return commit.stdout.strip() + ("+dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         return None
-
-
-def _merge(results: dict[str, Any], out: dict[str, Any]) -> None:
-    for key in ("interpreters", "attacks", "detection", "worst_case", "warnings"):
-        results[key].extend(out.get(key, []))
-    results["victims"].update(out.get("victims", {}))
-    if out.get("_sweep"):  # a swept field may change a victim: keep every point's
-        results.setdefault("points", []).append({"sweep": out["_sweep"], "victims": out.get("victims", {})})
-    results.setdefault("dataset", out.get("dataset"))
-    results.setdefault("evaluation", out.get("evaluation"))
 
 
 CSV_TABLES = {

@@ -1,0 +1,514 @@
+"""The stage functions: one per stage kind, each (node, its inputs read from the cache, a worker context) -> artifact.
+
+``run_node(node, emit)`` is the one module-level entry an executor calls, in this process or on another
+machine: it builds a ``RunContext`` on the worker (the device is resolved there, threads set there), runs the
+node's stage function unless the cache already holds its key, stores the artifact, and returns the stage
+record as plain data. Progress goes out through ``emit`` as plain-dict events. Nothing here writes outside the
+cache or keeps state beyond a small per-process memo of loaded datasets and models (an optimisation only:
+every memoised object is rebuilt identically from the cache when it is not there).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import time
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any, Callable, Iterable, Optional
+
+import torch
+from torch import nn
+
+from advbench import plugins
+from advbench.api import DataSplits, DetectorEnv, RunContext
+from advbench.cache import Cache
+from advbench.errors import AdvbenchError
+from advbench.plan import Node, Settings
+
+log = logging.getLogger("advbench.run")
+
+
+class InputMissing(Exception):
+    """An input artifact a node needs is not in the cache (removed, or found corrupt): the driver recomputes it."""
+
+    def __init__(self, key: str) -> None:
+        super().__init__(key)
+        self.key = key
+
+
+# ---------------------------------------------------------------------- the worker's context
+
+
+def resolve_device(requested: str) -> torch.device:
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise AdvbenchError("--device cuda: CUDA is not available on this machine; allowed here: auto, cpu")
+    if requested in ("auto", "cuda") and torch.cuda.is_available():
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+@contextlib.contextmanager
+def seeded(seed: int, device: torch.device):
+    """Run library code that draws from torch's global RNG (weight init, dropout, third-party attacks) from a
+    seed the harness derived, and give the caller's global RNG state back afterwards."""
+    devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed % (2 ** 63))
+        yield
+
+
+class Worker:
+    """What one node's stage function sees: the cache, the device and a RunContext whose progress is events."""
+
+    def __init__(self, node: Node, emit: Optional[Callable[[dict], None]] = None) -> None:
+        self.node = node
+        self.settings: Settings = node.settings
+        self.cache = _cache(self.settings.cache_root)
+        self.device = resolve_device(self.settings.device)
+        self.emit = emit
+        self._tasks = 0
+
+    def track(self, iterable: Iterable, description: str, total: Optional[int] = None) -> Iterable:
+        if self.emit is None:
+            yield from iterable
+            return
+        if total is None:
+            try:
+                total = len(iterable)  # type: ignore[arg-type]
+            except TypeError:
+                total = None
+        self._tasks += 1
+        task = f"{self.node.key[:16]}:{self._tasks}"
+        self.emit({"type": "start", "id": task, "description": description, "total": total, "node": self.node.key})
+        try:
+            for item in iterable:
+                yield item
+                self.emit({"type": "advance", "id": task, "advance": 1})
+        finally:
+            self.emit({"type": "end", "id": task})
+
+    def ctx(self, *salt: Any) -> RunContext:
+        base = RunContext(self.device, self.settings.batch_size, self.settings.seed, self.track)
+        return base.child(*salt) if salt else base
+
+    def load(self, key: str) -> Any:
+        payload = self.cache.load(key)
+        if payload is None:
+            raise InputMissing(key)
+        return payload
+
+    def batched(self, fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, label: str = "") -> torch.Tensor:
+        """Apply ``fn`` to ``x`` batch by batch on the device; returns a CPU tensor."""
+        ctx = self.ctx()
+        out = []
+        steps = range(0, len(x), ctx.batch_size)
+        iterator = ctx.track(steps, label, len(steps)) if label else steps
+        for start in iterator:
+            out.append(fn(x[start:start + ctx.batch_size].to(self.device)).detach().cpu())
+        return torch.cat(out) if out else torch.empty(0)
+
+    def predict(self, model: nn.Module, x: torch.Tensor, label: str = "") -> torch.Tensor:
+        with torch.no_grad():
+            return self.batched(lambda b: model(b).argmax(1), x, label)
+
+
+_CACHES: dict[str, Cache] = {}
+
+
+def _cache(root: str) -> Cache:
+    if root not in _CACHES:
+        _CACHES[root] = Cache(Path(root))
+    return _CACHES[root]
+
+
+# ---------------------------------------------------------------------- the per-process memo
+
+
+class _Memo:
+    """A few recently built objects (datasets, models, fitted detectors) per process, by cache key."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.items: OrderedDict[str, Any] = OrderedDict()
+
+    def get(self, key: str, build: Callable[[], Any]) -> Any:
+        if key in self.items:
+            self.items.move_to_end(key)
+            return self.items[key]
+        value = build()
+        self.items[key] = value
+        while len(self.items) > self.size:
+            self.items.popitem(last=False)
+        return value
+
+    def clear(self) -> None:
+        self.items.clear()
+
+
+DATASETS = _Memo(2)
+MODELS = _Memo(16)
+DETECTORS = _Memo(2)
+
+
+def clear_memo() -> None:
+    for memo in (DATASETS, MODELS, DETECTORS):
+        memo.clear()
+
+
+def _plugin(identity: dict[str, str]):
+    return plugins.lookup(identity["kind"], identity["name"])
+
+
+def _instance(identity: dict[str, str], options: dict[str, Any]):
+    reg = _plugin(identity)
+    return reg.cls(reg.cls.Options(**options))
+
+
+def _freeze(model: nn.Module, device: torch.device) -> nn.Module:
+    model.to(device).eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
+
+
+# ---------------------------------------------------------------------- inputs: data, image sets, models
+
+
+def load_dataset(node: Node) -> DataSplits:
+    """The dataset a data node names (not stored in the cache: the dataset plugin keeps its own decoded copy)."""
+    def build() -> DataSplits:
+        worker = Worker(node)
+        return _instance(node.plugin, node.options).load(worker.ctx("dataset"))
+    return DATASETS.get(node.key, build)
+
+
+def test_order(subset: dict[str, Any]) -> torch.Tensor:
+    """The seeded order of the test set: evaluation images first, then detector-fitting images."""
+    return torch.randperm(subset["n_test"], generator=RunContext(seed=subset["seed"]).generator("evaluation-subset"))
+
+
+def subset_indices(subset: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+    order = test_order(subset)
+    return order[:subset["n_eval"]], order[subset["n_eval"]:subset["n_eval"] + subset["n_fit"]]
+
+
+def train_split(data: DataSplits, limit: Optional[int], seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The training images an interpreter fits on: all, or a seeded subset of ``limit`` for a slow one."""
+    if limit is not None and limit < len(data.train_x):
+        order = torch.randperm(len(data.train_x), generator=RunContext(seed=seed).generator("mask-train-subset"))[:limit]
+        return data.train_x[order], data.train_y[order]
+    return data.train_x, data.train_y
+
+
+def images(worker: Worker, spec: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+    """An image set a node reads, from plain data: the evaluation or fitting images, the first N of the test order,
+    the whole test set, or a slice of an adversarial set."""
+    if spec["set"] == "adversarial":
+        adv = worker.load(spec["key"])
+        data = load_dataset(spec["data"])
+        eval_idx, fit_idx = subset_indices(spec["subset"])
+        y = torch.cat([data.test_y[eval_idx], data.test_y[fit_idx]])
+        return adv["x_adv"][spec["start"]:spec["stop"]], y[spec["start"]:spec["stop"]]
+    data = load_dataset(spec["data"])
+    if spec["set"] == "test":
+        return data.test_x, data.test_y
+    if spec["set"] == "test-order":
+        idx = test_order(spec["subset"])[:spec["n"]]
+        return data.test_x[idx], data.test_y[idx]
+    eval_idx, fit_idx = subset_indices(spec["subset"])
+    idx = {"eval": eval_idx, "fit": fit_idx, "eval+fit": torch.cat([eval_idx, fit_idx])}[spec["set"]]
+    return data.test_x[idx], data.test_y[idx]
+
+
+def build_classifier(node: Node, worker: Worker) -> tuple[Any, nn.Module]:
+    p = node.params
+    classifier = _instance(node.plugin, node.options)
+    ctx = RunContext(worker.device, node.settings.batch_size, node.settings.seed).child(*p["salt"])
+    with seeded(ctx.derive_seed("build"), worker.device):
+        model = classifier.build(tuple(p["input_shape"]), p["num_classes"])
+    return classifier, model
+
+
+def load_classifier(node: Node, worker: Worker) -> nn.Module:
+    """A trained victim or mask classifier, frozen on the worker's device: from the cache or a checkpoint file."""
+    def build() -> nn.Module:
+        _, model = build_classifier(node, worker)
+        if node.stage == "checkpoint":
+            from advbench.checkpoints import load_state_dict
+
+            state = load_state_dict(Path(node.params["path"]), node.params["field"], node.params["source"])
+            try:
+                model.load_state_dict(state)
+            except (RuntimeError, TypeError, AttributeError) as exc:
+                first = (str(exc).splitlines() or ["not a state_dict"])[0]
+                raise AdvbenchError(f"{node.params['source']}: {node.params['field']}: {node.params['path']!r} does "
+                                    f"not fit {node.plugin['kind']} {node.plugin['name']!r}: {first}") from None
+        else:
+            model.load_state_dict(worker.load(node.key)["state_dict"])
+        return _freeze(model, worker.device)
+    return MODELS.get(f"{node.key}@{worker.device}", build)
+
+
+class Interpretation:
+    """An interpreter with its fitted state on a victim: ``explain(x)`` gives masks in [0, 1] on the device."""
+
+    def __init__(self, spec: dict[str, Any], worker: Worker) -> None:
+        self.spec = spec
+        self.victim = load_classifier(spec["victim"], worker)
+        self.interpreter = _instance(spec["plugin"], spec["options"])
+        self.ctx = RunContext(worker.device, worker.settings.batch_size, worker.settings.seed).child(
+            "interpreter", spec["target"], spec["name"])
+        self.device = worker.device
+        with seeded(self.ctx.derive_seed("build"), worker.device):
+            self.state = self.interpreter.build(tuple(spec["input_shape"]), spec["num_classes"])
+        if self.state is not None and spec.get("fitted", True):
+            self.state.load_state_dict(worker.load(spec["key"])["state_dict"])
+            _freeze(self.state, worker.device)
+
+    def with_progress(self, worker: Worker) -> "Interpretation":
+        self.ctx = RunContext(self.ctx.device, self.ctx.batch_size, self.ctx.seed, worker.track)
+        return self
+
+    def explain(self, x: torch.Tensor) -> torch.Tensor:
+        with seeded(self.ctx.derive_seed("explain"), self.device):
+            return self.interpreter.explain(self.state, self.victim, x, self.ctx).clamp(0, 1)
+
+
+def load_interpretation(spec: dict[str, Any], worker: Worker) -> Interpretation:
+    return MODELS.get(f"interpretation:{spec['key']}:{spec['masks_key']}@{worker.device}",
+                      lambda: Interpretation(spec, worker)).with_progress(worker)
+
+
+class _Explain(nn.Module):
+    def __init__(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        super().__init__()
+        self.fn = fn
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fn(x)
+
+
+def detector_env(worker: Worker, env: dict[str, Any]) -> DetectorEnv:
+    data = load_dataset(env["data"])
+    victim = load_classifier(env["victim"], worker)
+    if env.get("interp") is None:
+        return DetectorEnv(victim, data.train_x, data.train_y, data.num_classes)
+    interp = load_interpretation(env["interp"], worker)
+    f2 = load_classifier(env["f2"], worker)
+    return DetectorEnv(victim, data.train_x, data.train_y, data.num_classes, explain=interp.explain,
+                       mask_classifier=f2)
+
+
+# ---------------------------------------------------------------------- the stage functions
+
+
+def stage_classifier(node: Node, worker: Worker) -> dict[str, Any]:
+    """Train a victim (on the training images) or the mask classifier (on an interpreter's training masks)."""
+    p = node.params
+    classifier, model = build_classifier(node, worker)
+    data = load_dataset(p["data"])
+    if p["section"] == "victims":
+        train_x, train_y = data.train_x, data.train_y
+    else:
+        train_x = worker.load(p["masks"])["masks"].float()
+        train_y = train_split(data, p["limit"], node.settings.seed)[1]
+    ctx = worker.ctx(*p["salt"])
+    with seeded(ctx.derive_seed("fit"), worker.device):
+        classifier.fit(model, train_x, train_y, ctx)
+    return {"state_dict": {k: v.cpu() for k, v in model.state_dict().items()}}
+
+
+def stage_accuracy(node: Node, worker: Worker) -> dict[str, Any]:
+    data = load_dataset(node.params["data"])
+    model = load_classifier(node.params["victim"], worker)
+    predicted = worker.predict(model, data.test_x, f"accuracy {node.params['name']}")
+    return {"accuracy": float((predicted == data.test_y).float().mean())}
+
+
+def stage_interpreter(node: Node, worker: Worker) -> dict[str, Any]:
+    spec = node.params["interp"]
+    interp = Interpretation({**spec, "fitted": False}, worker)
+    data = load_dataset(spec["data"])
+    train_x, train_y = train_split(data, spec["limit"], node.settings.seed)
+    state = interp.state
+    state.to(worker.device).train()
+    ctx = worker.ctx("interpreter", spec["target"], spec["name"])
+    with seeded(ctx.derive_seed("fit"), worker.device):
+        interp.interpreter.fit(state, interp.victim, train_x, train_y, ctx)
+    return {"state_dict": {k: v.cpu() for k, v in state.state_dict().items()}}
+
+
+def stage_masks(node: Node, worker: Worker) -> dict[str, Any]:
+    spec = node.params["interp"]
+    interp = load_interpretation(spec, worker)
+    train_x, _ = train_split(load_dataset(spec["data"]), spec["limit"], node.settings.seed)
+    return {"masks": worker.batched(interp.explain, train_x, f"masks {spec['name']}/{spec['target']} (train)").half()}
+
+
+def stage_mask_labels(node: Node, worker: Worker) -> dict[str, Any]:
+    """f2's reading of the interpreter's masks of an image set."""
+    interp = load_interpretation(node.params["interp"], worker)
+    f2 = load_classifier(node.params["f2"], worker)
+    x, _ = images(worker, node.params["images"])
+    channels: list[int] = []
+
+    def explain(batch: torch.Tensor) -> torch.Tensor:
+        masks = interp.explain(batch)
+        channels.append(int(masks.shape[1]))
+        return masks
+
+    labels = worker.predict(nn.Sequential(_Explain(explain), f2), x, node.params["progress"])
+    return {"labels": labels, "mask_channels": channels[0] if channels else None}
+
+
+def stage_attack_chunk(node: Node, worker: Worker) -> dict[str, Any]:
+    p = node.params
+    attack = _instance(node.plugin, node.options)
+    model = load_classifier(p["victim"], worker)
+    x, y = images(worker, p["images"])
+    x, y = x[p["start"]:p["start"] + p["size"]], y[p["start"]:p["start"] + p["size"]]
+    ctx = worker.ctx("attack", p["attack"], p["source"], p["start"])
+    out = []
+    for start in range(0, len(x), ctx.batch_size):
+        xb = x[start:start + ctx.batch_size].to(worker.device)
+        yb = y[start:start + ctx.batch_size].to(worker.device)
+        batch_ctx = ctx.child(start)
+        with seeded(batch_ctx.seed, worker.device):
+            adv = attack.run(model, xb, yb, batch_ctx).detach()
+        if adv.shape != xb.shape:
+            raise AdvbenchError(f"attack {attack.name!r} returned shape {tuple(adv.shape)} for input "
+                                f"{tuple(xb.shape)}")
+        out.append(adv.clamp(0, 1).cpu())
+    return {"x": torch.cat(out) if out else x[:0]}
+
+
+def stage_attack_merge(node: Node, worker: Worker) -> dict[str, Any]:
+    """An attack's chunks as one adversarial set, with the victim's labels before and after."""
+    p = node.params
+    x, _ = images(worker, p["images"])
+    chunks = [worker.load(key)["x"] for key in p["chunks"]]
+    x_adv = torch.cat(chunks) if chunks else torch.empty_like(x)
+    model = load_classifier(p["victim"], worker)
+    return {"x_adv": x_adv, "pred_clean": worker.predict(model, x), "pred_adv": worker.predict(model, x_adv)}
+
+
+def fitted_detector(node: Node, worker: Worker, env: DetectorEnv):
+    """The detector of a scores node, fitted on the held-out images (once per process and fit key)."""
+    p = node.params
+
+    def fit():
+        detector = _instance(node.plugin, node.options)
+        fit_x, _ = images(worker, {**p["fit_images"]})
+        if p["fit_adversarial"] is not None:
+            adv = worker.load(p["fit_adversarial"])
+            n_eval = p["fit_images"]["subset"]["n_eval"]
+            ok = _success(adv, images(worker, p["eval_fit_images"])[1])[n_eval:]
+            fit_adv = adv["x_adv"][n_eval:][ok]
+        else:
+            fit_adv = fit_x[:0]
+        ctx = worker.ctx("detector", p["detector"], p["interpreter"], p["target"])
+        with seeded(ctx.derive_seed("fit"), worker.device):
+            detector.fit(env, fit_x, fit_adv, ctx)
+        return detector
+    return DETECTORS.get(f"{p['fit_key']}@{worker.device}", fit)
+
+
+def _success(adv: dict[str, torch.Tensor], y: torch.Tensor) -> torch.Tensor:
+    """An attack succeeds on an input the victim classified correctly and now misclassifies."""
+    return (adv["pred_clean"] == y) & (adv["pred_adv"] != y)
+
+
+def stage_scores(node: Node, worker: Worker) -> dict[str, Any]:
+    p = node.params
+    env = detector_env(worker, p["env"])
+    detector = fitted_detector(node, worker, env)
+    ctx = worker.ctx("detector", p["detector"], p["interpreter"], p["target"])
+    out = {}
+    for part in p["parts"]:
+        x, _ = images(worker, p["images"][part])
+        scores, flags = [], []
+        steps = range(0, len(x), ctx.batch_size)
+        for start in ctx.track(steps, f"score {part} ({node.label})", len(steps)):
+            with seeded(ctx.derive_seed("score", start), worker.device):
+                result = detector.score(env, x[start:start + ctx.batch_size].to(worker.device), ctx)
+            scores.append(result.score.detach().float().cpu())
+            if result.flag is not None:
+                flags.append(result.flag.detach().bool().cpu())
+        out[part] = {"score": torch.cat(scores) if scores else torch.empty(0),
+                     "flag": torch.cat(flags) if flags else None}
+    return out
+
+
+def stage_gallery(node: Node, worker: Worker) -> dict[str, Any]:
+    """A few benign and adversarial images with their masks and both labels, for the report's gallery."""
+    p = node.params
+    interp = load_interpretation(p["interp"], worker)
+    victim = load_classifier(p["interp"]["victim"], worker)
+    f2 = load_classifier(p["f2"], worker)
+    eval_x, eval_y = images(worker, p["images"])
+    n_examples = min(4, len(eval_x))
+    with torch.no_grad():
+        per_class_idx = [int((eval_y == c).nonzero()[0]) for c in range(len(p["classes"])) if (eval_y == c).any()]
+        idx = torch.tensor(per_class_idx, dtype=torch.long)
+
+        def describe(x: torch.Tensor) -> dict[str, torch.Tensor]:
+            xd = x.to(worker.device)
+            masks = interp.explain(xd)
+            # clone: torch.save stores a view's whole storage (the full evaluation set)
+            return {"x": x.cpu().clone(), "mask": masks.cpu().float().clone(),
+                    "f1": victim(xd).argmax(1).cpu(), "f2": f2(masks).argmax(1).cpu()}
+
+        per_class = {**describe(eval_x[idx]), "y": eval_y[idx]}
+        examples = {**describe(eval_x[:n_examples]), "y": eval_y[:n_examples].clone(), "adversarial": {}}
+        for aname, key in p["adversarial"].items():
+            adv = worker.load(key)
+            entry = describe(adv["x_adv"][:n_examples])
+            entry["success"] = _success(adv, images(worker, p["eval_fit_images"])[1])[:n_examples].clone()
+            examples["adversarial"][aname] = entry
+    return {"victim": p["interp"]["target"], "interpreter": p["interp"]["name"], "classes": list(p["classes"]),
+            "per_class": per_class, "examples": examples}
+
+
+STAGES: dict[str, Callable[[Node, Worker], Any]] = {
+    "victim": stage_classifier,
+    "mask-classifier": stage_classifier,
+    "accuracy": stage_accuracy,
+    "interpreter": stage_interpreter,
+    "masks": stage_masks,
+    "mask-labels": stage_mask_labels,
+    "adversarial-chunk": stage_attack_chunk,
+    "adversarial": stage_attack_merge,
+    "scores": stage_scores,
+    "gallery": stage_gallery,
+}
+
+# what a node's stage is called in stage records, run.log and `cache ls`
+RECORD_STAGE = {"accuracy": "metrics", "mask-labels": "masks"}
+
+
+def record_stage(node: Node) -> str:
+    return RECORD_STAGE.get(node.stage, node.stage)
+
+
+def run_node(node: Node, emit: Optional[Callable[[dict], None]] = None) -> dict[str, Any]:
+    """Compute one node into the cache (unless it is there already) and return its stage record.
+
+    The executor's entry point: a module-level function of plain data, so it runs the same in this process,
+    in a spawned worker or in a Ray task.
+    """
+    if node.settings.threads:
+        torch.set_num_threads(node.settings.threads)
+    worker = Worker(node, emit)
+    start = time.perf_counter()
+    log.info("%s %s: start (key %s)", record_stage(node), node.label, node.key[:12])
+    with worker.cache.lock(node.key) if hasattr(worker.cache, "lock") else contextlib.nullcontext():
+        cached = worker.cache.contains(node.key) and worker.cache.load(node.key) is not None
+        if not cached:
+            payload = STAGES[node.stage](node, worker)
+            worker.cache.save(node.key, payload, stage=record_stage(node), description=node.label)
+    seconds = time.perf_counter() - start
+    log.info("%s %s: %.1fs%s", record_stage(node), node.label, seconds, " (cached)" if cached else "")
+    return {"stage": record_stage(node), "label": node.label, "seconds": round(seconds, 3), "cached": cached,
+            "key": node.key, "pid": os.getpid()}
