@@ -206,6 +206,51 @@ def _summary(results: dict) -> None:
     console.print(table)
 
 
+@main.command("plan")
+@click.argument("suite_file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--limit", type=click.IntRange(min=1), default=None,
+              help="Cap the evaluation and detector-fitting test images at N each (as `run --limit`).")
+@click.option("--seed", type=click.IntRange(min=0), default=None, help="Override the suite's seed.")
+@click.option("--set", "overrides", multiple=True, metavar="PATH=VALUE", help="Override a suite field (repeatable).")
+@click.option("--json", "as_json", is_flag=True, help="Print the nodes as a JSON list.")
+def plan_command(suite_file: Path, limit: Optional[int], seed: Optional[int], overrides: tuple[str, ...],
+                 as_json: bool) -> None:
+    """Show the stage graph SUITE_FILE makes: every node, its stage, its inputs, and whether it is cached.
+
+    Computes nothing but the dataset's load (its shapes and sizes shape the plan).
+    """
+    from advbench.cache import Cache
+    from advbench.plan import Settings, build_plan, data_node
+    from advbench.stages import load_dataset
+    from advbench.suite import load_suite
+
+    extra = list(overrides) + ([f"seed={seed}"] if seed is not None else [])
+    suite = load_suite(suite_file, extra)
+    cache = Cache()
+    settings = Settings(cache_root=str(cache.root), device=suite.spec.device, batch_size=suite.spec.batch_size,
+                        seed=suite.spec.seed)
+    data = load_dataset(data_node(suite, settings))
+    graph = build_plan(suite, data, settings, limit)
+    rows = [{"key": node.key, "stage": node.stage, "label": node.label, "inputs": list(node.inputs),
+             "plugin": (node.plugin or {}).get("name"), "resources": node.resources,
+             "cached": cache.contains(key)} for key, node in graph.nodes.items()]
+    if as_json:
+        click.echo(json.dumps(rows, indent=1))
+        return
+    table = Table(title=f"plan of {escape(suite.name)}: {len(rows)} nodes, "
+                        f"{sum(r['cached'] for r in rows)} cached, cache {escape(str(cache.root))}")
+    for column in ("node", "stage", "label", "inputs", "cached"):
+        table.add_column(column, overflow="fold")
+    short = {r["key"]: r["key"][:10] for r in rows}
+    for r in rows:
+        table.add_row(r["key"][:10], r["stage"], escape(r["label"]), " ".join(short.get(k, k[:10]) for k in r["inputs"]),
+                      "yes" if r["cached"] else "[bold]no[/]")
+    out = Console()
+    if not out.is_terminal and not os.environ.get("COLUMNS"):
+        out = Console(width=160)
+    out.print(table)
+
+
 @main.command()
 @click.argument("run_dir", type=click.Path(file_okay=False, path_type=Path))
 def report(run_dir: Path) -> None:

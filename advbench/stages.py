@@ -485,7 +485,7 @@ STAGES: dict[str, Callable[[Node, Worker], Any]] = {
 }
 
 # what a node's stage is called in stage records, run.log and `cache ls`
-RECORD_STAGE = {"accuracy": "metrics", "mask-labels": "masks"}
+RECORD_STAGE = {"accuracy": "metrics", "mask-labels": "masks", "adversarial-chunk": "adversarial"}
 
 
 def record_stage(node: Node) -> str:
