@@ -10,11 +10,7 @@ failure (``complete: false``), and everything computed stays cached, so the same
 
 from __future__ import annotations
 
-import csv
-import io
-import json
 import logging
-import math
 import os
 import platform
 import subprocess
@@ -28,6 +24,7 @@ import torch
 import advbench
 from advbench import metrics, plugins
 from advbench.cache import Cache
+from advbench.outputs import write_outputs
 from advbench.plan import CHUNK, Node, Plan, Point, Settings, build_plan, data_node  # noqa: F401  (CHUNK: re-export)
 from advbench.stages import InputMissing, load_dataset, resolve_device, run_node, seeded, subset_indices  # noqa: F401
 from advbench.suite import Suite
@@ -467,67 +464,3 @@ def _git_commit(run_dir: Optional[Path] = None) -> Optional[str]:
         return commit.stdout.strip() + ("+dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         return None
-
-
-CSV_TABLES = {
-    "victims.csv": ("victims", ["victim", "plugin", "clean_accuracy"]),
-    "interpreters.csv": ("interpreters", ["victim", "interpreter", "plugin", "mask_classifier",
-                                          "mask_classifier_accuracy", "n_accuracy_masks", "majority_class_share",
-                                          "n_train_masks"]),
-    "attacks.csv": ("attacks", ["attack", "plugin", "norm", "source", "n", "n_correct", "n_success", "success_rate",
-                                "mean_linf", "mean_l2", "mean_l0"]),
-    "detection.csv": ("detection", ["detector", "interpreter", "attack", "source", "target", "subset", "population",
-                                    "n_adversarial", "n_benign", "tpr", "tnr", "auroc", "tpr_at_fpr_1", "tpr_at_fpr_5",
-                                    "tpr_at_fpr_10", "tnr_at_tpr_90", "tnr_at_tpr_95", "mask_invariance",
-                                    "recovery_rate"]),
-    "worst_case.csv": ("worst_case", ["detector", "interpreter", "source", "target", "subset", "n_pairs", "auroc",
-                                      "tpr", "tnr"]),
-}
-
-
-def write_outputs(run_dir: Path, results: dict[str, Any], gallery: list) -> None:
-    """results.json, one CSV per table (swept fields as extra columns) and gallery.pt; each written atomically."""
-    _atomic_text(run_dir / "results.json", json.dumps(_finite(results), indent=1, default=_json_default,
-                                                       allow_nan=False))
-    sweep_fields = results.get("sweep_fields") or []
-    for filename, (key, columns) in CSV_TABLES.items():
-        rows = results.get(key) or []
-        if isinstance(rows, dict):
-            rows = [{"victim": name, **row} for name, row in rows.items()]
-        buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, fieldnames=columns + sweep_fields, extrasaction="ignore")
-        writer.writeheader()
-        for row in rows:
-            flat = dict(row)
-            flat.update(row.get("sweep") or {})
-            writer.writerow({k: ("" if flat.get(k) is None else flat.get(k)) for k in columns + sweep_fields})
-        _atomic_text(run_dir / filename, buffer.getvalue())
-    if gallery:
-        tmp = run_dir / ".gallery.pt.tmp"
-        torch.save(gallery, tmp)
-        tmp.replace(run_dir / "gallery.pt")
-
-
-def _finite(value: Any) -> Any:
-    """NaN and infinities become null: browsers' JSON.parse rejects them."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
-    return value
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, torch.Tensor):
-        return value.tolist()
-    if isinstance(value, Path):
-        return str(value)
-    return str(value)
-
-
-def _atomic_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)

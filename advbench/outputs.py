@@ -1,0 +1,104 @@
+"""Writing a run folder's outputs: results.json (checked against advbench.results), one CSV per table and
+gallery.pt, each written atomically so a reader never sees half a file."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+from pydantic import ValidationError
+
+from advbench.results import SCHEMA_VERSION, validate_results
+
+log = logging.getLogger("advbench.outputs")
+
+
+CSV_TABLES = {
+    "victims.csv": ("victims", ["victim", "plugin", "clean_accuracy"]),
+    "interpreters.csv": ("interpreters", ["victim", "interpreter", "plugin", "mask_classifier",
+                                          "mask_classifier_accuracy", "n_accuracy_masks", "majority_class_share",
+                                          "n_train_masks"]),
+    "attacks.csv": ("attacks", ["attack", "plugin", "norm", "source", "n", "n_correct", "n_success", "success_rate",
+                                "mean_linf", "mean_l2", "mean_l0"]),
+    "detection.csv": ("detection", ["detector", "interpreter", "attack", "source", "target", "subset", "population",
+                                    "n_adversarial", "n_benign", "tpr", "tnr", "auroc", "tpr_at_fpr_1", "tpr_at_fpr_5",
+                                    "tpr_at_fpr_10", "tnr_at_tpr_90", "tnr_at_tpr_95", "mask_invariance",
+                                    "recovery_rate"]),
+    "worst_case.csv": ("worst_case", ["detector", "interpreter", "source", "target", "subset", "n_pairs", "auroc",
+                                      "tpr", "tnr"]),
+}
+
+
+def write_outputs(run_dir: Path, results: dict[str, Any], gallery: list) -> None:
+    """results.json, one CSV per table (swept fields as extra columns) and gallery.pt; each written atomically.
+
+    results.json carries ``schema_version`` and is checked against advbench.results.Results. A results dict
+    that breaks the contract (a plugin's column of the wrong type) is written anyway, as it is, with a warning
+    naming the field: a schema slip must not lose hours of results.
+    """
+    _atomic_text(run_dir / "results.json", json.dumps(checked_results(results), indent=1, allow_nan=False))
+    sweep_fields = results.get("sweep_fields") or []
+    for filename, (key, columns) in CSV_TABLES.items():
+        rows = results.get(key) or []
+        if isinstance(rows, dict):
+            rows = [{"victim": name, **row} for name, row in rows.items()]
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=columns + sweep_fields, extrasaction="ignore")
+        writer.writeheader()
+        for row in rows:
+            flat = dict(row)
+            flat.update(row.get("sweep") or {})
+            writer.writerow({k: ("" if flat.get(k) is None else flat.get(k)) for k in columns + sweep_fields})
+        _atomic_text(run_dir / filename, buffer.getvalue())
+    if gallery:
+        tmp = run_dir / ".gallery.pt.tmp"
+        torch.save(gallery, tmp)
+        tmp.replace(run_dir / "gallery.pt")
+
+
+def checked_results(results: dict[str, Any]) -> dict[str, Any]:
+    """What results.json will hold: ``results`` as plain JSON data (non-finite floats as null, tensors as
+    lists), with ``schema_version``, validated; unvalidated, with a logged warning, when it breaks the schema."""
+    plain = json.loads(json.dumps(_finite(results), default=_json_default, allow_nan=False))
+    if "schema_version" not in plain:
+        plain = {"schema_version": SCHEMA_VERSION, **plain}
+    try:
+        return validate_results(plain)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(str(part) for part in error['loc']) or '(top level)'}: {error['msg']}"
+                             for error in exc.errors()[:5])
+        more = f" (and {exc.error_count() - 5} more)" if exc.error_count() > 5 else ""
+        log.warning("results.json does not match schema %s, written unchecked: %s%s", plain["schema_version"],
+                    problems, more)
+        return plain
+
+
+def _finite(value: Any) -> Any:
+    """NaN and infinities become null: browsers' JSON.parse rejects them."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    return str(value)
+
+
+def _atomic_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)

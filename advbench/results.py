@@ -1,0 +1,273 @@
+"""The typed contract of a run's results.json, and its published JSON Schema.
+
+``Results`` describes results.json as ``run_suite`` writes it (docs/DESIGN.md, "results.json"). Every model
+allows extra fields: a plugin or a later advbench may add a column or a section, and a reader that does not
+know it keeps it. Known fields are typed; ``Optional`` marks a field that may be null (a figure that does not
+apply), a default marks one an older results.json may lack.
+
+``schema_version`` is a semantic version, MAJOR.MINOR:
+
+- MINOR goes up when results.json gains something a reader may ignore: a new field, row column or section.
+  A reader written for 1.0 reads every 1.x file.
+- MAJOR goes up when a reader written for the previous version could misread the file: a field removed,
+  renamed or retyped, a field's meaning changed, a new value in a closed set (``subset``, ``population``),
+  or a field becoming nullable.
+
+A results.json written before the field existed carries none; it loads as ``schema_version == "0"``.
+
+docs/results.schema.json is generated from these models, and a test checks it is up to date::
+
+    python -m advbench.results > docs/results.schema.json
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any, Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+SCHEMA_VERSION = "1.0"
+PRE_SCHEMA_VERSION = "0"  # what a results.json written before schema_version existed loads as
+
+__all__ = ["SCHEMA_VERSION", "Results", "VictimRow", "InterpreterRow", "AttackRow", "DetectionRow", "WorstCaseRow",
+           "StageRecord", "PluginRow", "validate_results", "json_schema"]
+
+
+class Row(BaseModel):
+    """Base of every model here: unknown fields are kept, so plugins and later versions can add columns."""
+
+    model_config = ConfigDict(extra="allow")
+
+
+Sweep = dict[str, Any]  # a swept field's path -> its value at this point
+
+
+class Host(Row):
+    cpus: Optional[int] = None
+    torch_threads: Optional[int] = None
+    cuda_device: Optional[str] = Field(None, description="the GPU's name, or null on CPU")
+
+
+class PluginRow(Row):
+    """One registered component (results.json ``plugins``)."""
+
+    kind: str
+    name: str
+    distribution: Optional[str] = None
+    version: Optional[str] = None
+
+
+class StageRecord(Row):
+    """One stage the run went through (results.json ``stages``)."""
+
+    stage: str
+    label: str
+    seconds: float
+    cached: bool
+
+
+class Dataset(Row):
+    plugin: str
+    classes: list[str]
+    n_train: int
+    n_test: int
+
+
+class Evaluation(Row):
+    n_eval: int
+    n_fit: int
+    benign_pairing: Optional[str] = None
+
+
+class VictimRow(Row):
+    """One victim (results.json ``victims``, keyed by the victim's suite name)."""
+
+    plugin: str
+    clean_accuracy: Optional[float]
+
+
+class InterpreterRow(Row):
+    """One (victim, interpreter): f2's accuracy on the victim's masks."""
+
+    victim: str
+    interpreter: str
+    plugin: str
+    mask_classifier: Optional[str] = None
+    mask_classifier_accuracy: Optional[float] = Field(description="f2's accuracy on benign test masks")
+    majority_class_share: Optional[float] = Field(None, description="share of benign masks f2 gives its most "
+                                                                    "frequent label")
+    n_accuracy_masks: Optional[int] = None
+    n_train_masks: Optional[int] = None
+    mask_channels: Optional[int] = None
+    sweep: Optional[Sweep] = None
+
+
+class AttackRow(Row):
+    """One (attack, source victim) on the evaluation images."""
+
+    attack: str
+    plugin: str
+    norm: Optional[str] = None
+    source: str
+    n: int
+    n_correct: Optional[int] = None
+    n_success: int
+    success_rate: Optional[float]
+    mean_linf: Optional[float]
+    mean_l2: Optional[float]
+    mean_l0: Optional[float]
+    l0_unit: Optional[str] = None
+    sweep: Optional[Sweep] = None
+
+
+class Roc(Row):
+    fpr: list[float]
+    tpr: list[float]
+
+
+class OperatingPoint(Row):
+    fpr: Optional[float]
+    tpr: Optional[float]
+
+
+class Metrics(Row):
+    """What advbench.metrics.detection_metrics returns; null where a figure does not apply."""
+
+    n_adversarial: Optional[int] = None
+    n_benign: Optional[int] = None
+    auroc: Optional[float]
+    tpr: Optional[float]
+    tnr: Optional[float]
+    tpr_at_fpr_1: Optional[float] = None
+    tpr_at_fpr_5: Optional[float] = None
+    tpr_at_fpr_10: Optional[float] = None
+    tnr_at_tpr_90: Optional[float] = None
+    tnr_at_tpr_95: Optional[float] = None
+    roc: Optional[Roc] = None
+    operating_point: Optional[OperatingPoint] = Field(None, description="{fpr, tpr} at the detector's own "
+                                                                        "flags; null without flags")
+
+
+class DetectionRow(Metrics):
+    """One (detector, interpreter, attack, source, target, subset, population)."""
+
+    detector: str
+    interpreter: Optional[str] = Field(description="null for a detector that needs no interpreter")
+    attack: str
+    source: str
+    target: str
+    subset: Literal["all", "filtered"]
+    population: Literal["successful", "attacked"]
+    n_adversarial: int
+    n_benign: int
+    mask_invariance: Optional[float] = None
+    recovery_rate: Optional[float] = None
+    score_definition: Optional[str] = None
+    sweep: Optional[Sweep] = None
+
+
+class WorstCaseRow(Metrics):
+    """One detector's worst case over the attacks (MEAD-style) on one (source, target)."""
+
+    detector: str
+    interpreter: Optional[str]
+    source: str
+    target: str
+    subset: Literal["all", "filtered"]
+    n_pairs: int
+    sweep: Optional[Sweep] = None
+
+
+class Point(Row):
+    """One sweep point: its values and its victims (a swept field may change a victim)."""
+
+    sweep: Sweep
+    victims: dict[str, VictimRow] = Field(default_factory=dict)
+
+
+class Results(Row):
+    """A run folder's results.json."""
+
+    schema_version: str = Field(SCHEMA_VERSION, pattern=r"^\d+(\.\d+)*$",
+                                description='MAJOR.MINOR (see advbench/results.py); "0" for a results.json '
+                                            "written before the field existed")
+    suite: str
+    suite_file: Optional[str] = None
+    command: Optional[str] = None
+    advbench_version: str
+    seed: int
+    device: str
+    torch_version: Optional[str] = None
+    python_version: Optional[str] = None
+    started: str = Field(description="ISO 8601, UTC")
+    finished: Optional[str] = Field(None, description="ISO 8601, UTC; absent while a sweep is still running")
+    wall_seconds: Optional[float] = None
+    git_commit: Optional[str] = Field(None, description="the checkout's commit, '+dirty' when it had uncommitted "
+                                                        "changes; null outside git")
+    host: Optional[Host] = None
+    limit: Optional[int] = Field(None, description="--limit, or null")
+    complete: bool
+    missing: list[str] = Field(default_factory=list, description="stages that did not finish")
+    plugins: list[PluginRow] = Field(default_factory=list)
+    sweep_fields: list[str] = Field(default_factory=list)
+    sweep_base: dict[str, Any] = Field(default_factory=dict, description="the suite's own value of each swept "
+                                                                         "field")
+    paper_reference: Optional[dict[str, Any]] = None
+    dataset: Optional[Dataset] = None
+    evaluation: Optional[Evaluation] = None
+    victims: dict[str, VictimRow] = Field(default_factory=dict)
+    interpreters: list[InterpreterRow] = Field(default_factory=list)
+    attacks: list[AttackRow] = Field(default_factory=list)
+    detection: list[DetectionRow] = Field(default_factory=list)
+    worst_case: list[WorstCaseRow] = Field(default_factory=list)
+    warnings: list[str] = Field(default_factory=list)
+    stages: list[StageRecord] = Field(default_factory=list)
+    points: Optional[list[Point]] = Field(None, description="each sweep point's victims; only in a sweep")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _pre_schema(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "schema_version" not in data:
+            data = {"schema_version": PRE_SCHEMA_VERSION, **data}
+        return data
+
+
+def _in_order(dumped: Any, original: Any) -> Any:
+    """``dumped`` with its dict keys in ``original``'s order (keys ``original`` lacks go last)."""
+    if isinstance(dumped, dict) and isinstance(original, dict):
+        ordered = {k: _in_order(dumped[k], original[k]) for k in original if k in dumped}
+        ordered.update((k, v) for k, v in dumped.items() if k not in ordered)
+        return ordered
+    if isinstance(dumped, list) and isinstance(original, list) and len(dumped) == len(original):
+        return [_in_order(d, o) for d, o in zip(dumped, original)]
+    return dumped
+
+
+def validate_results(d: dict[str, Any]) -> dict[str, Any]:
+    """Validate a results dict about to be written and return the JSON-mode dump to write.
+
+    ``d`` must be plain JSON data (what json.loads gives). A ``d`` without ``schema_version`` is this version's
+    writer's output, so it gets ``SCHEMA_VERSION`` as its first key. The dump keeps ``d``'s keys and their order
+    (a field ``d`` leaves out is not filled with its default) and every extra field. Raises
+    pydantic.ValidationError when ``d`` breaks the contract.
+    """
+    if "schema_version" not in d:
+        d = {"schema_version": SCHEMA_VERSION, **d}
+    model = Results.model_validate(d)
+    return _in_order(model.model_dump(mode="json", exclude_unset=True), d)
+
+
+def json_schema() -> dict[str, Any]:
+    """The JSON Schema of results.json (draft 2020-12), as committed in docs/results.schema.json."""
+    schema = Results.model_json_schema()
+    return {"$schema": "https://json-schema.org/draft/2020-12/schema", **schema}
+
+
+def main() -> None:
+    sys.stdout.write(json.dumps(json_schema(), indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

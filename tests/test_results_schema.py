@@ -1,0 +1,119 @@
+"""The typed results contract: advbench.results, its published JSON Schema, and write_outputs' use of it."""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from advbench.outputs import write_outputs
+from advbench.results import SCHEMA_VERSION, Results, json_schema, validate_results
+from conftest import REPO, load_results
+
+SCHEMA_FILE = REPO / "docs" / "results.schema.json"
+REPORTS = sorted(REPO.glob("reports/*/results.json"))
+REGENERATE = "python -m advbench.results > docs/results.schema.json"
+
+
+def test_committed_schema_is_the_generated_one():
+    printed = subprocess.run([sys.executable, "-m", "advbench.results"], cwd=REPO, capture_output=True, text=True,
+                             check=True).stdout
+    assert json.loads(printed) == json_schema()
+    assert SCHEMA_FILE.read_text() == printed, (
+        f"docs/results.schema.json is out of date with advbench/results.py; regenerate it: {REGENERATE}")
+
+
+def test_schema_version_is_semver_and_published():
+    assert all(part.isdigit() for part in SCHEMA_VERSION.split(".")) and SCHEMA_VERSION.count(".") == 1
+    assert json.loads(SCHEMA_FILE.read_text())["properties"]["schema_version"]["default"] == SCHEMA_VERSION
+
+
+@pytest.mark.parametrize("path", REPORTS, ids=[p.parent.name for p in REPORTS])
+def test_committed_reports_validate(path):
+    raw = json.loads(path.read_text())
+    results = Results.model_validate(raw)
+    assert results.schema_version == raw.get("schema_version", "0")  # written before the field: "0"
+    assert results.detection and results.attacks and results.victims
+    # rewriting one changes nothing but schema_version: same keys, same order, same numbers
+    written = validate_results(raw)
+    assert json.dumps(written, indent=1) == json.dumps({"schema_version": SCHEMA_VERSION, **raw}, indent=1)
+
+
+@pytest.mark.parametrize("path", REPORTS, ids=[p.parent.name for p in REPORTS])
+def test_committed_reports_match_the_published_json_schema(path):
+    jsonschema = pytest.importorskip("jsonschema")
+    jsonschema.validate(json.loads(path.read_text()), json.loads(SCHEMA_FILE.read_text()))
+
+
+def test_older_design_md_results_load():
+    """test_report's hand-written results.json follows DESIGN.md as first written: fewer columns, no
+    schema_version."""
+    from test_report import make_results
+
+    results = Results.model_validate(make_results())
+    assert results.schema_version == "0"
+    assert results.worst_case[0].roc is None and results.interpreters[0].mask_channels is None
+
+
+def _paper() -> dict:
+    return json.loads((REPO / "reports" / "paper" / "results.json").read_text())
+
+
+def test_extra_columns_are_kept_in_place():
+    raw = _paper()
+    raw["detection"][0] = {"plugin_margin": [0.5, 1.0], **raw["detection"][0], "plugin_note": "kept"}
+    raw["from_a_later_version"] = {"x": 1}
+    written = validate_results(raw)
+    assert list(written["detection"][0])[0] == "plugin_margin"
+    assert written["detection"][0]["plugin_note"] == "kept"
+    assert written["from_a_later_version"] == {"x": 1}
+
+
+def test_known_fields_are_typed():
+    raw = _paper()
+    raw["detection"][0]["subset"] = "some"
+    raw["attacks"][0]["n"] = "many"
+    with pytest.raises(Exception) as info:
+        validate_results(raw)
+    text = str(info.value)
+    assert "detection.0.subset" in text and "attacks.0.n" in text
+
+
+def test_write_outputs_adds_schema_version_and_changes_nothing_else(tmp_path):
+    raw = _paper()
+    raw["detection"][0]["auroc"] = float("nan")  # written as null, as before
+    raw["attacks"][0]["plugin_tensor"] = torch.tensor([1, 2])  # a plugin column: a list in the file
+    write_outputs(tmp_path, raw, [])
+    on_disk = json.loads((tmp_path / "results.json").read_text())
+    assert list(on_disk)[0] == "schema_version" and on_disk["schema_version"] == SCHEMA_VERSION
+    assert on_disk["detection"][0]["auroc"] is None
+    assert on_disk["attacks"][0]["plugin_tensor"] == [1, 2]
+    assert list(on_disk)[1:] == list(raw)
+    Results.model_validate(on_disk)
+
+
+def test_results_that_break_the_schema_are_written_anyway_with_a_warning(tmp_path, caplog):
+    raw = _paper()
+    raw["detection"][3]["auroc"] = "not a number"  # a broken plugin column must not lose the run
+    original = copy.deepcopy(raw)
+    with caplog.at_level(logging.WARNING, logger="advbench"):
+        write_outputs(tmp_path, raw, [])
+    on_disk = json.loads((tmp_path / "results.json").read_text())
+    assert on_disk == {"schema_version": SCHEMA_VERSION, **original}
+    assert (tmp_path / "detection.csv").is_file()
+    warning = " ".join(r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
+    assert "detection.3.auroc" in warning and "schema" in warning
+
+
+def test_digits_run_validates_and_carries_schema_version(digits_run):
+    raw = load_results(digits_run)
+    assert raw["schema_version"] == SCHEMA_VERSION
+    results = Results.model_validate(raw)
+    assert results.complete and results.detection and results.stages and results.plugins
+    jsonschema = pytest.importorskip("jsonschema")
+    jsonschema.validate(raw, json.loads(SCHEMA_FILE.read_text()))
