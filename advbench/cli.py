@@ -10,7 +10,7 @@ import sys
 import webbrowser
 from datetime import datetime
 from pathlib import Path
-from typing import Iterable, Optional
+from typing import Optional
 
 import click
 from rich.console import Console

@@ -25,8 +25,8 @@ import advbench
 from advbench import metrics, plugins
 from advbench.cache import Cache
 from advbench.outputs import write_outputs
-from advbench.plan import CHUNK, Node, Plan, Point, Settings, build_plan, data_node  # noqa: F401  (CHUNK: re-export)
-from advbench.stages import InputMissing, load_dataset, resolve_device, run_node, seeded, subset_indices  # noqa: F401
+from advbench.plan import Node, Plan, Point, Settings, build_plan, data_node
+from advbench.stages import InputMissing, load_dataset, resolve_device, run_node, subset_indices  # noqa: F401 (resolve_device: the CLI)
 from advbench.suite import Suite
 
 log = logging.getLogger("advbench.run")
