@@ -1,0 +1,89 @@
+"""The plan: a suite as a graph of pure, picklable stage nodes, run the same by any executor."""
+
+from __future__ import annotations
+
+import json
+import pickle
+
+import pytest
+import yaml
+
+from conftest import REPO, advbench_cli, load_results
+
+SECTIONS = ("victims", "interpreters", "attacks", "detection", "worst_case", "warnings", "dataset", "evaluation")
+
+
+def small_digits(tmp_path, **changes) -> str:
+    """suites/digits.yaml with shorter training and a second attack: a grid of ~20 nodes in seconds."""
+    suite = yaml.safe_load((REPO / "suites" / "digits.yaml").read_text())
+    suite["victims"]["cnn"]["options"]["epochs"] = 3
+    suite["mask_classifier"]["options"]["epochs"] = 3
+    suite["attacks"]["pgd"] = {"plugin": "pgd", "options": {"eps": 0.2, "steps": 3}}
+    suite["detectors"]["label-only"] = {}
+    suite["evaluation"].update(n_eval=120, n_fit=80)
+    suite.update(changes)
+    path = tmp_path / "digits-small.yaml"
+    path.write_text(yaml.safe_dump(suite))
+    return str(path)
+
+
+def test_every_node_is_plain_picklable_data_in_dependency_order(tmp_path):
+    from advbench.plan import Settings, build_plan, data_node
+    from advbench.stages import load_dataset
+    from advbench.suite import load_suite
+
+    suite = load_suite(small_digits(tmp_path, sweep={"attacks.fgsm.options.eps": [0.1, 0.2]}))
+    settings = Settings(cache_root=str(tmp_path / "cache"), seed=suite.spec.seed)
+    plan = build_plan(suite, load_dataset(data_node(suite, settings)), settings)
+    seen: set[str] = set()
+    for key, node in plan.nodes.items():
+        assert node.key == key
+        assert all(i in seen for i in node.inputs), node.label  # inputs come first
+        seen.add(key)
+        copy = pickle.loads(pickle.dumps(node))
+        assert copy == node and copy.params.keys() == node.params.keys()
+    assert len(plan.points) == 2
+    # the two eps points share everything but the attack and what reads it: shared nodes appear once
+    stages = [n.stage for n in plan.nodes.values()]
+    assert stages.count("victim") == 1 and stages.count("mask-classifier") == 1
+    assert stages.count("adversarial") == 3  # fgsm at two eps, and pgd once: both points share it
+    assert len(plan.points[0].galleries) == 1 and not plan.points[1].galleries
+
+
+def test_plan_command_shows_what_is_cached(tmp_path):
+    suite = small_digits(tmp_path)
+    cold = json.loads(advbench_cli("plan", suite, "--json", cache=tmp_path / "cache").stdout)
+    assert cold and not any(row["cached"] for row in cold)
+    assert {"victim", "mask-classifier", "adversarial-chunk", "adversarial", "scores", "gallery"} <= \
+        {row["stage"] for row in cold}
+    advbench_cli("run", suite, "--out", str(tmp_path / "run"), "--no-report", cache=tmp_path / "cache")
+    warm = json.loads(advbench_cli("plan", suite, "--json", cache=tmp_path / "cache").stdout)
+    assert [r["key"] for r in warm] == [r["key"] for r in cold]
+    assert all(row["cached"] for row in warm)
+    table = advbench_cli("plan", suite, cache=tmp_path / "cache").stdout
+    assert f"{len(cold)} nodes, {len(cold)} cached" in table
+
+
+def _records(results: dict) -> list[tuple]:
+    return sorted((s["stage"], s["label"], s["cached"]) for s in results["stages"])
+
+
+@pytest.mark.slow
+def test_spawned_process_pool_gives_the_local_run_identically(tmp_path):
+    """Every node pickled into a spawned worker: the same sections and the same stage records as in-process."""
+    suite = small_digits(tmp_path)
+    advbench_cli("run", suite, "--out", str(tmp_path / "local"), "--no-report", "--threads", "1",
+                 cache=tmp_path / "cache-local")
+    advbench_cli("run", suite, "--out", str(tmp_path / "pool"), "--no-report", "--threads", "1",
+                 "--executor", "processes", cache=tmp_path / "cache-pool")
+    local, pool = load_results(tmp_path / "local"), load_results(tmp_path / "pool")
+    for section in SECTIONS:
+        assert pool[section] == local[section], section
+    assert _records(pool) == _records(local)
+    assert pool["executor"]["plugin"] == "processes" and pool["complete"]
+    # a warm rerun computes nothing, in either executor
+    advbench_cli("run", suite, "--out", str(tmp_path / "pool-warm"), "--no-report", "--threads", "1",
+                 "--executor", "processes", cache=tmp_path / "cache-pool")
+    warm = load_results(tmp_path / "pool-warm")
+    assert all(s["cached"] for s in warm["stages"] if s["stage"] != "data")
+    assert warm["detection"] == local["detection"]
