@@ -1,20 +1,25 @@
 """The executors against the contract in advbench.api.Executor, with toy stage functions and toy nodes.
 
 Stage functions here are module-level so they pickle by reference, as the real ones in advbench.stages do.
-The processes executor pickles every node into spawned processes.
+The processes executor pickles every node into spawned processes; the ray tests share one local Ray
+instance (2 CPUs) started by the executor itself, and are skipped where ray is not installed.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 import time
 from pathlib import Path
 
 import pytest
 
+import advbench
+from advbench.errors import AdvbenchError
 from advbench.plan import Node, Settings
 from advbench_executors.local import LocalExecutor
 from advbench_executors.processes import ProcessesExecutor
+from advbench_executors.ray_executor import RayExecutor
 
 PICKLED: list[str] = []  # tags of the nodes pickled in this (the driver's) process
 
@@ -37,12 +42,19 @@ class PickleWitness:
 def toy_stage(node: Node, emit) -> dict:
     start = time.time()
     emit({"node": node.key, "event": "start", "time": start})
+    if "barrier" in node.params:  # wait (a while) until `parties` nodes have started: they run at once or fail
+        folder, parties = Path(node.params["barrier"]), node.params["parties"]
+        (folder / node.key).touch()
+        while len(list(folder.iterdir())) < parties:
+            if time.time() - start > 60:
+                raise TimeoutError(f"{node.key}: the other nodes did not start within 60 s")
+            time.sleep(0.02)
     time.sleep(node.params.get("sleep", 0.0))
     emit({"node": node.key, "event": "progress", "done": 1, "total": 1, "time": time.time()})
     end = time.time()
     emit({"node": node.key, "event": "end", "time": end})
     return {"key": node.key, "value": sum(node.params.get("values", ())), "pid": os.getpid(),
-            "start": start, "end": end}
+            "start": start, "end": end, "advbench": advbench.__file__}
 
 
 def failing_stage(node: Node, emit) -> dict:
@@ -55,6 +67,7 @@ def dies_once_stage(node: Node, emit) -> dict:
     if not marker.exists():
         marker.write_text(str(os.getpid()))
         os._exit(1)  # the worker process dies mid-task, as on an out-of-memory kill
+    emit({"node": node.key, "event": "end"})
     return {"key": node.key, "pid": os.getpid(), "first_pid": int(marker.read_text())}
 
 
@@ -198,3 +211,91 @@ def test_processes_returns_exceptions_and_honours_timeout(tmp_path):
     assert results[slow]["key"] == "k0"
     assert isinstance(results[bad], ValueError) and "boom in k1" in str(results[bad])
     assert events.of("k1", "start")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# ray
+
+
+def test_ray_is_imported_only_when_opened_and_missing_ray_is_one_line(monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)  # as if ray were not installed
+    executor = RayExecutor()  # constructing (and registering: list-plugins) needs no ray
+    assert executor.slots == 1 and RayExecutor(num_cpus=3).slots == 3
+    with pytest.raises(AdvbenchError) as info:
+        executor.open(Events())
+    assert str(info.value) == "executor ray: ray is not installed; pip install -e '.[ray]'"
+
+
+# one local instance for the module, started (and at the end shut down) by a RayExecutor
+
+
+@pytest.fixture(scope="module")
+def ray_instance():
+    ray = pytest.importorskip("ray")
+    assert not ray.is_initialized()
+    owner = RayExecutor(num_cpus=2)
+    with pytest.MonkeyPatch.context() as patch:
+        # Ray workers import stage functions by module name: make this test module importable there
+        # (advbench's own stages are installed on every machine)
+        path = os.pathsep.join(filter(None, [str(Path(__file__).parent), os.environ.get("PYTHONPATH")]))
+        patch.setenv("PYTHONPATH", path)
+        owner.open(Events())
+    assert ray.is_initialized()
+    yield ray
+    owner.close()
+    assert not ray.is_initialized()  # close shuts down the Ray its open started
+
+
+def test_ray_runs_nodes_concurrently_and_returns_every_record(ray_instance, tmp_path):
+    # a cold worker pool starts its second worker a few seconds late: the barrier holds the first node until
+    # the second runs too, so the spans overlap exactly when the executor lets them run at once
+    (tmp_path / "barrier").mkdir()
+    nodes = make_nodes(tmp_path, 2, sleep=1.0, barrier=str(tmp_path / "barrier"), parties=2)
+    events = Events()
+    executor = RayExecutor()
+    executor.open(events)
+    try:
+        assert executor.slots == 2
+        results = run_all(executor, toy_stage, nodes, events)
+    finally:
+        executor.close()
+    assert ray_instance.is_initialized()  # it joined the running instance, so it leaves it running
+    assert set(results) == set(nodes) and os.getpid() not in {r["pid"] for r in results.values()}
+    assert {r["advbench"] for r in results.values()} == {advbench.__file__}  # the workers run this checkout
+    assert [pure(results[n]) for n in nodes] == [{"key": "k0", "value": 0}, {"key": "k1", "value": 1}]
+    spans = [(r["start"], r["end"]) for r in results.values()]
+    at_once = max(sum(s <= t < e for s, e in spans) for t, _ in spans)
+    assert at_once >= 2, spans
+
+
+def test_ray_returns_exceptions_and_retries_a_dead_worker(ray_instance, tmp_path):
+    good, bad, dying = make_nodes(tmp_path, 3, marker=str(tmp_path / "died-once"))
+    events = Events()
+    executor = RayExecutor(max_retries=2)
+    executor.open(events)
+    try:
+        executor.submit(failing_stage, bad)
+        executor.submit(dies_once_stage, dying)
+        executor.submit(toy_stage, good)
+        results = collect(executor, 3, events)
+    finally:
+        executor.close()
+    assert results[good]["value"] == 0
+    assert isinstance(results[bad], ValueError) and "boom in k1" in str(results[bad])
+    assert events.of("k1", "start")
+    record = results[dying]
+    assert isinstance(record, dict), record
+    assert record["first_pid"] != record["pid"]  # the first worker died; Ray ran the task again elsewhere
+
+
+def test_ray_probe_fails_in_one_line_when_the_cache_is_not_visible(ray_instance, tmp_path):
+    [node] = make_nodes(tmp_path / "not-there", 1)
+    executor = RayExecutor()
+    executor.open(Events())
+    try:
+        with pytest.raises(AdvbenchError) as info:
+            executor.submit(toy_stage, node)
+    finally:
+        executor.close()
+    message = str(info.value)
+    assert "\n" not in message and str(tmp_path / "not-there") in message and "ADVBENCH_CACHE" in message
