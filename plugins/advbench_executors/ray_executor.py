@@ -35,7 +35,7 @@ class RayExecutor(api.Executor):
     """
 
     name = "ray"
-    description = "Runs each node as a Ray task on a local Ray instance or a cluster (extra: advbench[ray])"
+    description = "Runs each node as a Ray task on a local Ray instance or a cluster (optional extra: ray)"
 
     class Options(api.Options):
         address: Optional[str] = None
