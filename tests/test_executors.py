@@ -162,14 +162,6 @@ def test_local_returns_exceptions_but_not_keyboard_interrupt(tmp_path):
     executor.close()
 
 
-def test_local_map_keeps_the_sweep_interface():
-    assert LocalExecutor().map(lambda x: x * 2, [1, 2, 3]) == [2, 4, 6]
-
-
-# ---------------------------------------------------------------------------------------------------------
-# processes
-
-
 def test_processes_pickles_every_node_into_spawned_workers(tmp_path):
     nodes = make_nodes(tmp_path, 4, sleep=0.2)
     nodes = [Node(**{**vars(n), "params": {**n.params, "witness": PickleWitness(n.key)}}) for n in nodes]
