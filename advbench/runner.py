@@ -137,6 +137,7 @@ class Assembler:
         self.eval_x, self.eval_y, self.fit_y = eval_x, eval_y, fit_y
         self.filtered = spec_filtered
         self.sweep_base = sweep_base
+        self.logged: set[tuple[int, str]] = set()
 
     def ready(self, *keys: Optional[str]) -> bool:
         return all(k is None or k in self.driver.done or k not in self.driver.plan.nodes for k in keys)
@@ -157,7 +158,8 @@ class Assembler:
             truth = self.eval_y if entry["accuracy_set"] == "eval" else \
                 self.data.test_y[_test_order_idx(self.driver.plan, entry["n_mask_eval"])]
             accuracy = float((read == truth).float().mean()) if len(truth) else None
-            if accuracy is not None:
+            if accuracy is not None and (id(point), entry["accuracy_labels"]) not in self.logged:
+                self.logged.add((id(point), entry["accuracy_labels"]))  # once, though snapshots re-read the point
                 log.info("f2 (%s on %s masks of %s) reads %.4f of %d clean test masks%s", entry["mask_classifier"],
                          entry["interpreter"], entry["target"], accuracy, len(truth), self.where(point))
             counts = torch.bincount(read, minlength=self.data.num_classes)
@@ -362,6 +364,7 @@ def run_suite(suite: Suite, run_dir: Path, device: Any, cache: Cache, limit: Opt
         assembler = Assembler(driver, data, data.test_y[eval_idx], data.test_x[eval_idx], data.test_y[fit_idx],
                               suite.spec.evaluation.filtered, results["sweep_base"])
         driver.check_cached()
+        cache.root.mkdir(parents=True, exist_ok=True)  # a remote worker checks it can see this folder
         executor.open(on_event)
 
         def point_done(index: int) -> bool:
