@@ -68,13 +68,8 @@ class Plan:
     data: Node
     subset: dict[str, Any]  # the evaluation subset: seed, n_test, n_eval, n_fit
     subset_key: str
+    rank: dict[str, int] = field(default_factory=dict)  # key -> the first sweep point that needs it
 
-    def dependents(self) -> dict[str, list[str]]:
-        found: dict[str, list[str]] = {k: [] for k in self.nodes}
-        for node in self.nodes.values():
-            for key in node.inputs:
-                found.setdefault(key, []).append(node.key)
-        return found
 
 
 def identity(reg: Any) -> dict[str, str]:
@@ -128,7 +123,7 @@ def build_plan(suite: Any, data: Any, settings: Settings, limit: Optional[int] =
     builder = _Builder(suite, data, settings, limit)
     for values, point_suite in suite.points():
         builder.point(values, point_suite)
-    return Plan(builder.nodes, builder.points, builder.data, builder.subset, builder.subset_key)
+    return Plan(builder.nodes, builder.points, builder.data, builder.subset, builder.subset_key, builder.rank)
 
 
 class _Builder:
@@ -150,8 +145,10 @@ class _Builder:
         self.subset_key = subset_digest(self.subset)
         self.nodes: dict[str, Node] = {}
         self.points: list[Point] = []
+        self.rank: dict[str, int] = {}
 
     def add(self, node: Node) -> Node:
+        self.rank.setdefault(node.key, len(self.points))
         return self.nodes.setdefault(node.key, node)
 
     def images(self, which: str, **extra: Any) -> dict[str, Any]:

@@ -59,8 +59,13 @@ class Driver:
         pending = {k: {i for i in nodes[k].inputs if i not in self.done} for k in todo}
         submitted: set[str] = set()
         self._progress_total(todo)
+        order = {key: (self.plan.rank.get(key, 0), i) for i, key in enumerate(nodes)}
+        slots = max(1, int(getattr(self.executor, "slots", 1) or 1))
         while pending:
-            for key in [k for k, needs in pending.items() if not needs and k not in submitted]:
+            # no more in flight than the executor has slots, earliest sweep point first: a sweep's points finish
+            # (and can be read) in order, and the executor's queue never runs ahead of what is most needed
+            ready = sorted((k for k, needs in pending.items() if not needs and k not in submitted), key=order.get)
+            for key in ready[:max(0, slots - len(submitted))]:
                 self.executor.submit(run_node, nodes[key])
                 submitted.add(key)
             if not submitted:
