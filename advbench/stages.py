@@ -501,6 +501,7 @@ def run_node(node: Node, emit: Optional[Callable[[dict], None]] = None) -> dict[
     if node.settings.threads:
         torch.set_num_threads(node.settings.threads)
     worker = Worker(node, emit)
+    started = time.time()
     start = time.perf_counter()
     log.info("%s %s: start (key %s)", record_stage(node), node.label, node.key[:12])
     with worker.cache.lock(node.key) if hasattr(worker.cache, "lock") else contextlib.nullcontext():
@@ -511,4 +512,4 @@ def run_node(node: Node, emit: Optional[Callable[[dict], None]] = None) -> dict[
     seconds = time.perf_counter() - start
     log.info("%s %s: %.1fs%s", record_stage(node), node.label, seconds, " (cached)" if cached else "")
     return {"stage": record_stage(node), "label": node.label, "seconds": round(seconds, 3), "cached": cached,
-            "key": node.key, "pid": os.getpid()}
+            "key": node.key, "pid": os.getpid(), "started": started}
