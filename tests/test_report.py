@@ -17,7 +17,7 @@ import advbench
 import advbench.errors
 from advbench import plugins
 from advbench.report import render_report
-from advbench.report.render import fmt
+from advbench.report.format import fmt
 
 HOSTILE = "<script>alert(1)</script>"
 SUITE = f"paper {HOSTILE} & $co$"

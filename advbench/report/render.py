@@ -10,34 +10,26 @@ from __future__ import annotations
 
 import copy
 import json
-import math
 import os
 import shlex
 import tempfile
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Optional
+from typing import Any, Callable, Optional
 
 import jinja2
 from markupsafe import Markup
 
 from advbench.report import figures
+from advbench.report.charts import heatmaps as draw_heatmaps, roc_figures
+from advbench.report.format import NA, NOT_COMPUTED, Cell, Column, Table, fmt, is_number, num, period, seconds, text
+from advbench.report.gallery import gallery_blocks
+from advbench.report.tables import (attacks_table, detection_table, interpreters_table, invariance_rows,
+                                    invariance_table, leaderboard_tables, plugins_table, score_definitions,
+                                    stage_tables, transfer_tables, victims_table, worst_case_table)
+from advbench.report.view import View, dicts, interp_label, mapping, ordered, population, sweep_label
 
-NA = "—"
-NA_TITLE = "not computed or does not apply"
-NOT_COMPUTED = "not computed"
 PAPER = "paper (Nguyen et al. 2017)"
 THIS_RUN = "this run"
-DIGITS = 3
-
-# optional metric columns, shown where some row has a value
-EXTRA_METRICS = [
-    ("tpr_at_fpr_1", "TPR @ FPR 1%"),
-    ("tpr_at_fpr_5", "TPR @ FPR 5%"),
-    ("tpr_at_fpr_10", "TPR @ FPR 10%"),
-    ("tnr_at_tpr_90", "TNR @ TPR 90%"),
-    ("tnr_at_tpr_95", "TNR @ TPR 95%"),
-]
 
 PAPER_TABLES = {
     "table1": ("Table 1 · mask invariance",
@@ -50,402 +42,6 @@ PAPER_TABLES = {
     "table4": ("Table 4 · after filtering",
                "Only inputs whose benign attention mask f2 classifies correctly (subset \"filtered\")."),
 }
-
-
-# ---------------------------------------------------------------------------------------------------------
-# formatting
-
-
-@dataclass
-class Cell:
-    text: str
-    cls: str = ""
-    title: str = ""
-
-
-@dataclass
-class Column:
-    label: str
-    cls: str = ""
-    title: str = ""
-
-
-@dataclass
-class Table:
-    id: str
-    columns: list[Column]
-    rows: list[list[Cell]]
-    caption: str = ""
-    groups: list[tuple[str, int, str]] = field(default_factory=list)  # (label, colspan, css class)
-    note: str = ""
-    row_cls: list[str] = field(default_factory=list)  # a css class per body row ("" for none)
-
-
-def is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def fmt(value: Any, digits: int = DIGITS) -> str:
-    """How every metric is printed: fixed ``digits`` decimals; "—" for null, NaN or a non-number."""
-    return f"{value:.{digits}f}" if is_number(value) else NA
-
-
-def num(value: Any, digits: int = DIGITS, cls: str = "") -> Cell:
-    if not is_number(value):
-        return Cell(NA, "num na", NA_TITLE)
-    return Cell(fmt(value, digits), ("num " + cls).strip())
-
-
-def count(value: Any) -> Cell:
-    if is_number(value):
-        return Cell(str(int(value)) if float(value).is_integer() else fmt(value), "num")
-    return Cell(NA, "num na", NA_TITLE)
-
-
-def text(value: Any, cls: str = "") -> Cell:
-    if value is None or value == "":
-        return Cell(NA, ("na " + cls).strip(), NA_TITLE)
-    return Cell(str(value), cls)
-
-
-def seconds(value: Any) -> str:
-    if not is_number(value):
-        return NA
-    value = float(value)
-    if value < 60:
-        return f"{value:.1f} s"
-    minutes, secs = divmod(int(round(value)), 60)
-    if minutes < 60:
-        return f"{minutes} min {secs:02d} s"
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours} h {minutes:02d} min"
-
-
-def period(started: Any, finished: Any) -> str:
-    """"2024-01-01 10:00:00 → 10:12:34 UTC" from two ISO times; the raw strings when they do not parse."""
-    import datetime as dt
-
-    def parse(value: Any) -> Optional[dt.datetime]:
-        try:
-            return dt.datetime.fromisoformat(str(value))
-        except ValueError:
-            return None
-
-    a, b = parse(started), parse(finished)
-    if a is None or b is None or a.tzinfo != b.tzinfo:
-        return f"{started or NA} → {finished or NA}"
-    zone = "" if a.tzinfo is None else (" UTC" if a.utcoffset() == dt.timedelta(0) else a.strftime(" %z"))
-    end = b.strftime("%H:%M:%S") if a.date() == b.date() else b.strftime("%Y-%m-%d %H:%M:%S")
-    return f"{a.strftime('%Y-%m-%d %H:%M:%S')} → {end}{zone}"
-
-
-# ---------------------------------------------------------------------------------------------------------
-# reading results.json defensively
-
-
-def dicts(value: Any) -> list[dict[str, Any]]:
-    return [item for item in value if isinstance(item, dict)] if isinstance(value, list) else []
-
-
-def mapping(value: Any) -> dict[str, Any]:
-    return value if isinstance(value, dict) else {}
-
-
-def population(row: dict[str, Any]) -> str:
-    return str(row.get("population") or "successful")
-
-
-def subset(row: dict[str, Any]) -> str:
-    return str(row.get("subset") or "all")
-
-
-def sweep_label(row: dict[str, Any]) -> str:
-    sweep = row.get("sweep")
-    if isinstance(sweep, dict) and sweep:
-        return ", ".join(f"{k}={v}" for k, v in sweep.items())
-    return ""
-
-
-def interp_label(value: Any) -> str:
-    return NA if value in (None, "") else str(value)
-
-
-def ordered(values: Iterable[Any]) -> list[Any]:
-    seen: dict[Any, None] = {}
-    for value in values:
-        if value not in seen:
-            seen[value] = None
-    return list(seen)
-
-
-@dataclass
-class View:
-    """The parts of results.json the page is made of, each a list or dict even when the run left it out."""
-
-    results: dict[str, Any]
-    victims: dict[str, Any]
-    interpreters: list[dict[str, Any]]
-    attacks: list[dict[str, Any]]
-    detection: list[dict[str, Any]]
-    worst_case: list[dict[str, Any]]
-    victim_order: list[str]
-    attack_order: list[str]
-    any_sweep: bool
-
-    @classmethod
-    def of(cls, results: dict[str, Any]) -> "View":
-        victims = mapping(results.get("victims"))
-        attacks = dicts(results.get("attacks"))
-        detection = [r for r in dicts(results.get("detection"))]
-        victim_order = ordered([str(v) for v in victims]
-                               + [str(r.get(k)) for r in detection for k in ("source", "target") if r.get(k)]
-                               + [str(r.get("source")) for r in attacks if r.get("source")])
-        attack_order = ordered([str(r.get("attack")) for r in attacks if r.get("attack") is not None]
-                               + [str(r.get("attack")) for r in detection if r.get("attack") is not None])
-        return cls(results, victims, dicts(results.get("interpreters")), attacks, detection,
-                   dicts(results.get("worst_case")), victim_order, attack_order,
-                   any(sweep_label(r) for r in detection))
-
-    def rows(self, *, subset_: Optional[str] = "all", population_: Optional[str] = "successful",
-             direct: Optional[bool] = None) -> list[dict[str, Any]]:
-        out = []
-        for row in self.detection:
-            if subset_ is not None and subset(row) != subset_:
-                continue
-            if population_ is not None and population(row) != population_:
-                continue
-            if direct is not None and (row.get("source") == row.get("target")) != direct:
-                continue
-            out.append(row)
-        return out
-
-    def victim_key(self, name: Any) -> int:
-        return self.victim_order.index(str(name)) if str(name) in self.victim_order else len(self.victim_order)
-
-    def attack_key(self, name: Any) -> int:
-        return self.attack_order.index(str(name)) if str(name) in self.attack_order else len(self.attack_order)
-
-    def sort_rows(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        detectors = ordered(str(r.get("detector")) for r in self.detection)
-        interps = ordered(interp_label(r.get("interpreter")) for r in self.detection)
-        return sorted(rows, key=lambda r: (self.victim_key(r.get("target")), self.victim_key(r.get("source")),
-                                           detectors.index(str(r.get("detector"))),
-                                           interps.index(interp_label(r.get("interpreter"))),
-                                           sweep_label(r), self.attack_key(r.get("attack"))))
-
-
-# ---------------------------------------------------------------------------------------------------------
-# tables
-
-
-def detection_table(view: View, rows: list[dict[str, Any]], table_id: str, caption: str, *, pair: str,
-                    show_subset: bool = False, show_population: bool = False, recovery: str = "no") -> Table:
-    """``pair``: "victim" (source = target, one column), or "both" (source and target columns).
-    ``recovery``: "always", "auto" (where some row has a recovery rate) or "no"."""
-    recovery = recovery == "always" or (recovery == "auto" and any(is_number(r.get("recovery_rate")) for r in rows))
-    columns: list[Column] = []
-    if pair == "victim":
-        columns.append(Column("victim"))
-    else:
-        columns += [Column("source", title="victim the attack was crafted on"),
-                    Column("target", title="victim whose detector is evaluated")]
-    columns += [Column("detector"), Column("interpreter"), Column("attack")]
-    if view.any_sweep:
-        columns.append(Column("sweep"))
-    if show_subset:
-        columns.append(Column("subset"))
-    if show_population:
-        columns.append(Column("population"))
-    columns += [Column("n adv", "num", "adversarial inputs evaluated"),
-                Column("n benign", "num", "benign inputs evaluated"),
-                Column("TPR", "num", "true positive rate: adversarial inputs flagged"),
-                Column("TNR", "num", "true negative rate: benign inputs passed"),
-                Column("AUROC", "num", "area under the ROC curve of the detector's score")]
-    if recovery:
-        columns.append(Column("recovery", "num", "share of adversarial inputs whose original class is recovered"))
-    extras = [(k, label) for k, label in EXTRA_METRICS if any(is_number(r.get(k)) for r in rows)]
-    columns += [Column(label, "num") for _, label in extras]
-    body = []
-    for row in view.sort_rows(rows):
-        cells = [text(row.get("target"))] if pair == "victim" else [text(row.get("source")), text(row.get("target"))]
-        cells += [text(row.get("detector")), text(row.get("interpreter")), text(row.get("attack"))]
-        if view.any_sweep:
-            cells.append(text(sweep_label(row)))
-        if show_subset:
-            cells.append(text(subset(row)))
-        if show_population:
-            cells.append(text(population(row)))
-        cells += [count(row.get("n_adversarial")), count(row.get("n_benign")), num(row.get("tpr")),
-                  num(row.get("tnr")), num(row.get("auroc"))]
-        if recovery:
-            cells.append(num(row.get("recovery_rate")))
-        cells += [num(row.get(k)) for k, _ in extras]
-        body.append(cells)
-    return Table(table_id, columns, body, caption)
-
-
-def invariance_rows(view: View) -> list[dict[str, Any]]:
-    """One row per (source, target, interpreter, attack, sweep) with a mask invariance; detectors share it."""
-    seen: dict[tuple, dict[str, Any]] = {}
-    for row in view.sort_rows(view.rows(subset_="all", population_="successful")):
-        if not is_number(row.get("mask_invariance")) or row.get("interpreter") in (None, ""):
-            continue
-        key = (row.get("source"), row.get("target"), row.get("interpreter"), row.get("attack"), sweep_label(row),
-               row.get("mask_invariance"))
-        seen.setdefault(key, row)
-    return list(seen.values())
-
-
-def invariance_table(view: View) -> Table:
-    columns = [Column("source"), Column("target"), Column("interpreter"), Column("attack")]
-    if view.any_sweep:
-        columns.append(Column("sweep"))
-    columns += [Column("n adv", "num"), Column("mask invariance", "num",
-                                               "share of adversarial inputs whose mask keeps its f2 class")]
-    body = []
-    for row in invariance_rows(view):
-        cells = [text(row.get(key)) for key in ("source", "target", "interpreter", "attack")]
-        if view.any_sweep:
-            cells.append(text(sweep_label(row)))
-        cells += [count(row.get("n_adversarial")), num(row.get("mask_invariance"))]
-        body.append(cells)
-    return Table("table-invariance", columns, body,
-                 "Mask invariance (paper Table 1): share of successful adversarial inputs whose attention mask "
-                 "f2 still reads as the benign input's mask did.")
-
-
-def victims_table(view: View) -> Table:
-    body = []
-    for name in view.victims:
-        info = mapping(view.victims.get(name))
-        body.append([text(name), text(info.get("plugin")), num(info.get("clean_accuracy"))])
-    return Table("table-victims", [Column("victim"), Column("plugin"), Column("clean accuracy", "num")], body,
-                 "Victim classifiers (f1) and their accuracy on the clean test set.")
-
-
-def interpreters_table(view: View) -> Table:
-    with_f2 = any(row.get("mask_classifier") for row in view.interpreters)
-    with_sweep = any(sweep_label(row) for row in view.interpreters)
-    body = []
-    for row in view.interpreters:
-        body.append([text(row.get("victim")), text(row.get("interpreter")), text(row.get("plugin"))]
-                    + ([text(row.get("mask_classifier"))] if with_f2 else [])
-                    + ([text(sweep_label(row))] if with_sweep else [])
-                    + [num(row.get("mask_classifier_accuracy")), count(row.get("n_accuracy_masks")),
-                       num(row.get("majority_class_share")), count(row.get("n_train_masks"))])
-    return Table("table-interpreters",
-                 [Column("victim"), Column("interpreter"), Column("plugin")]
-                 + ([Column("f2", title="the mask classifier's plugin")] if with_f2 else [])
-                 + ([Column("sweep")] if with_sweep else [])
-                 + [Column("mask classifier accuracy", "num", "accuracy of f2 on the test images' masks"),
-                    Column("test masks", "num", "clean test images the accuracy is measured on"),
-                    Column("majority class share", "num", "share of the most frequent class among f2's predictions: "
-                           "near 1 means f2 collapsed onto one class"),
-                    Column("training masks", "num", "training images whose masks f2 learned from")],
-                 body, "Mask classifiers (f2): accuracy on the masks of the clean test set.")
-
-
-def attacks_table(view: View) -> Table:
-    units = ordered(str(r["l0_unit"]) for r in view.attacks if r.get("l0_unit"))
-    columns = [Column("attack"), Column("plugin"), Column("norm"), Column("source"), Column("n", "num"),
-               Column("n success", "num"), Column("success rate", "num"), Column("mean l∞", "num"),
-               Column("mean l2", "num"), Column("mean l0", "num", "; ".join(units))]
-    rows = sorted(view.attacks, key=lambda r: (view.attack_key(r.get("attack")), view.victim_key(r.get("source"))))
-    body = [[text(r.get("attack")), text(r.get("plugin")), text(r.get("norm")), text(r.get("source")),
-             count(r.get("n")), count(r.get("n_success")), num(r.get("success_rate")), num(r.get("mean_linf")),
-             num(r.get("mean_l2")), num(r.get("mean_l0"))] for r in rows]
-    return Table("table-attacks", columns, body,
-                 "Attacks: success rate on the attacked test images and the mean perturbation size of the "
-                 "successful adversarial inputs.")
-
-
-def leaderboard_tables(view: View) -> list[Table]:
-    """Detectors (with interpreter) x attacks, AUROC, per (source, target) pair; best per column marked."""
-    rows = view.rows(subset_="all", population_="successful")
-    pairs = ordered((r.get("source"), r.get("target"), sweep_label(r)) for r in view.sort_rows(rows))
-    pairs.sort(key=lambda p: (p[0] != p[1], view.victim_key(p[1]), view.victim_key(p[0])))
-    tables = []
-    for index, (source, target, sweep) in enumerate(pairs):
-        sub = [r for r in rows if (r.get("source"), r.get("target"), sweep_label(r)) == (source, target, sweep)]
-        detectors = ordered((str(r.get("detector")), interp_label(r.get("interpreter"))) for r in view.sort_rows(sub))
-        attacks = ordered(str(r.get("attack")) for r in sorted(sub, key=lambda r: view.attack_key(r.get("attack"))))
-        value = {(str(r.get("detector")), interp_label(r.get("interpreter")), str(r.get("attack"))): r.get("auroc")
-                 for r in sub}
-        worst = {}
-        for w in view.worst_case:
-            if (w.get("source"), w.get("target"), str(w.get("subset") or "all")) == (source, target, "all") and \
-                    sweep_label(w) == sweep:
-                worst[(str(w.get("detector")), interp_label(w.get("interpreter")))] = w.get("auroc")
-        columns_values = [[value.get((d, i, a)) for d, i in detectors] for a in attacks]
-        if worst:
-            columns_values.append([worst.get((d, i)) for d, i in detectors])
-        best = []
-        for values in columns_values:
-            numbers = [v for v in values if is_number(v)]
-            best.append(max(numbers) if numbers else None)
-        body = []
-        for j, (d, i) in enumerate(detectors):
-            cells = [Cell(d), Cell(i, "na" if i == NA else "")]
-            for c, values in enumerate(columns_values):
-                v = values[j]
-                cell = num(v)
-                if is_number(v) and best[c] is not None and v == best[c] and len(detectors) > 1:
-                    cell = num(v, cls="best")
-                    cell.title = "best in this column"
-                cells.append(cell)
-            body.append(cells)
-        columns = [Column("detector"), Column("interpreter")] + [Column(a, "num") for a in attacks]
-        if worst:
-            columns.append(Column("worst case", "num", "worst AUROC over the attacks (results.json worst_case)"))
-        where = f"on {source}" if source == target else f"crafted on {source}, evaluated on {target}"
-        caption = f"AUROC per attack, adversarial inputs {where}" + (f" ({sweep})" if sweep else "") + \
-            ". Bold: best detector in the column."
-        tables.append(Table(f"table-leaderboard-{index}", columns, body, caption,
-                            note=f"{source} → {target}" if source != target else str(target)))
-    return tables
-
-
-def transfer_tables(view: View) -> tuple[Optional[Table], list[dict[str, Any]]]:
-    """The AUROC transfer matrix (source x target) per detector, interpreter and attack, and heat-map panels."""
-    rows = view.rows(subset_="all", population_="successful")
-    if not any(r.get("source") != r.get("target") for r in rows):
-        return None, []
-    sources = [v for v in view.victim_order if any(r.get("source") == v for r in rows)]
-    targets = [v for v in view.victim_order if any(r.get("target") == v for r in rows)]
-    groups: dict[tuple, dict[tuple, Any]] = {}
-    for r in view.sort_rows(rows):
-        key = (str(r.get("detector")), interp_label(r.get("interpreter")), sweep_label(r), str(r.get("attack")))
-        groups.setdefault(key, {})[(r.get("source"), r.get("target"))] = r.get("auroc")
-    columns = [Column("detector"), Column("interpreter")]
-    if view.any_sweep:
-        columns.append(Column("sweep"))
-    columns += [Column("attack"), Column("source ↓ / target →")] + [Column(t, "num") for t in targets]
-    body = []
-    for (d, i, s, a), cells in groups.items():
-        for source in sources:
-            if not any((source, t) in cells for t in targets):
-                continue
-            row = [Cell(d), Cell(i)] + ([text(s)] if view.any_sweep else []) + [Cell(a), Cell(source, "rowhead")]
-            for t in targets:
-                cell = num(cells.get((source, t)))
-                if source == t and "na" not in cell.cls:
-                    cell.cls += " diag"
-                    cell.title = "direct (source = target)"
-                row.append(cell)
-            body.append(row)
-    table = Table("table-transfer-matrix", columns, body,
-                  "AUROC of each detector when the adversarial inputs are crafted on the source victim and "
-                  "evaluated against the target victim; the diagonal is the direct setting.")
-    figures_ = []
-    by_detector: dict[tuple, list[tuple[str, dict]]] = {}
-    for (d, i, s, a), cells in groups.items():
-        by_detector.setdefault((d, i, s), []).append((a, cells))
-    for (d, i, s), panels in by_detector.items():
-        data = [{"title": a, "matrix": [[cells.get((src, t)) for t in targets] for src in sources]}
-                for a, cells in panels]
-        figures_.append({"detector": d, "interpreter": i, "sweep": s, "panels": data, "sources": sources,
-                         "targets": targets})
-    return table, figures_
 
 
 def paper_tables(view: View, reference: dict[str, Any]) -> list[Table]:
@@ -528,42 +124,6 @@ def paper_tables(view: View, reference: dict[str, Any]) -> list[Table]:
             body.append(cells)
         tables.append(Table(f"paper-{name}", columns, body, caption, groups=groups, note=title))
     return tables
-
-
-def stage_tables(results: dict[str, Any]) -> tuple[Table, Table, float]:
-    stages = dicts(results.get("stages"))
-    totals: dict[str, list[float]] = {}
-    for s in stages:
-        entry = totals.setdefault(str(s.get("stage", "?")), [0, 0.0, 0])
-        entry[0] += 1
-        entry[1] += float(s["seconds"]) if is_number(s.get("seconds")) else 0.0
-        entry[2] += 1 if s.get("cached") else 0
-    summary = Table("table-stage-summary",
-                    [Column("stage"), Column("steps", "num"), Column("cached", "num"), Column("wall time", "num"),
-                     Column("seconds", "num")],
-                    [[Cell(k), Cell(str(n), "num"), Cell(str(c), "num"), Cell(seconds(t), "num"), num(t, 1)]
-                     for k, (n, t, c) in totals.items()],
-                    "Wall time per stage (summed over its steps; a cached step cost only its lookup).")
-    full = Table("table-stages",
-                 [Column("stage"), Column("step"), Column("seconds", "num"), Column("cached")],
-                 [[text(s.get("stage")), text(s.get("label")), num(s.get("seconds"), 2),
-                   Cell("cached" if s.get("cached") else "computed", "cached" if s.get("cached") else "")]
-                  for s in stages], "Every step, in the order it finished.")
-    return summary, full, sum(t for _, t, _ in totals.values())
-
-
-def plugins_table(results: dict[str, Any]) -> Table:
-    rows = sorted(dicts(results.get("plugins")), key=lambda p: (str(p.get("kind")), str(p.get("name"))))
-    return Table("table-plugins", [Column("kind"), Column("name"), Column("distribution"), Column("version")],
-                 [[text(p.get("kind")), text(p.get("name")), text(p.get("distribution")), text(p.get("version"))]
-                  for p in rows], "Plugins used by the run and the distributions that provide them.")
-
-
-def score_definitions(view: View) -> Table:
-    seen = ordered((str(r.get("detector")), str(r.get("score_definition")))
-                   for r in view.detection if r.get("score_definition"))
-    return Table("table-scores", [Column("detector"), Column("score (higher = more likely adversarial)")],
-                 [[Cell(d), Cell(s)] for d, s in seen], "")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -801,133 +361,6 @@ def sweep_figures(section: dict[str, Any]) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------------------------------------
-# figures
-
-
-def roc_figures(view: View) -> list[dict[str, Any]]:
-    rows = view.rows(subset_="all", population_="successful")
-    groups: dict[tuple, list[dict[str, Any]]] = {}
-    for r in view.sort_rows(rows):
-        key = (r.get("target"), str(r.get("detector")), interp_label(r.get("interpreter")), sweep_label(r))
-        groups.setdefault(key, []).append(r)
-    out = []
-    for index, ((target, detector, interp, sweep), members) in enumerate(groups.items()):
-        members.sort(key=lambda r: (r.get("source") != target, view.victim_key(r.get("source")),
-                                    view.attack_key(r.get("attack"))))
-        sources = ordered(r.get("source") for r in members if r.get("source") != target)
-        curves = []
-        for r in members:
-            roc = mapping(r.get("roc"))
-            transfer = r.get("source") != target
-            label = str(r.get("attack")) + (f" from {r.get('source')}" if transfer else "")
-            curves.append({"label": label, "fpr": roc.get("fpr") or [], "tpr": roc.get("tpr") or [],
-                           "auroc": r.get("auroc"), "operating_point": r.get("operating_point"),
-                           "color": view.attack_key(r.get("attack")),
-                           "dash": sources.index(r.get("source")) + 1 if transfer else 0})
-        try:
-            svg = figures.roc_figure(curves, prefix=f"roc{index}")
-        except Exception as exc:  # a malformed curve must not take the page down
-            svg = None
-            error = f"figure failed: {type(exc).__name__}: {exc}"
-        else:
-            error = ""
-        out.append({"target": target, "detector": detector, "interpreter": interp, "sweep": sweep,
-                    "svg": Markup(svg) if svg else None, "error": error, "transfer": bool(sources),
-                    "n_curves": len(curves)})
-    return out
-
-
-# ---------------------------------------------------------------------------------------------------------
-# gallery
-
-
-def _array(value: Any) -> Any:
-    if hasattr(value, "detach"):
-        value = value.detach().cpu()
-        if hasattr(value, "float") and value.dtype.is_floating_point:
-            value = value.float()
-        return value.numpy()
-    return value
-
-
-def _labels(value: Any) -> list[int]:
-    value = _array(value)
-    if value is None:
-        return []
-    try:
-        return [int(v) for v in list(value)]
-    except (TypeError, ValueError):
-        return []
-
-
-def _tile(x: Any, mask: Any, i: int, name: Callable[[Optional[int]], str], f1: list[int], f2: list[int],
-          y: Optional[int] = None, head: str = "", success: Optional[bool] = None) -> dict[str, Any]:
-    image = figures.image_data_uri(x[i]) if x is not None and i < len(x) else None
-    mask_uri = figures.image_data_uri(mask[i]) if mask is not None and i < len(mask) else None
-    a = f1[i] if i < len(f1) else None
-    b = f2[i] if i < len(f2) else None
-    return {"head": head, "image": image, "mask": mask_uri, "y": name(y), "f1": name(a), "f2": name(b),
-            "f1_wrong": y is not None and a is not None and a != y,
-            "disagree": a is not None and b is not None and a != b, "success": success}
-
-
-def gallery_blocks(run_dir: Path, results: dict[str, Any]) -> tuple[list[dict[str, Any]], str]:
-    """(blocks, note): one block per (victim, interpreter) entry of gallery.pt; note says why there are none."""
-    path = run_dir / "gallery.pt"
-    if not path.exists():
-        return [], "not computed: the run folder has no gallery.pt."
-    try:
-        import torch
-
-        data = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        return [], f"gallery.pt could not be read: {type(exc).__name__}: {exc}"
-    entries = dicts(data if isinstance(data, list) else [data])
-    dataset_classes = mapping(results.get("dataset")).get("classes")
-    blocks = []
-    for entry in entries:
-        classes = entry.get("classes") or (dataset_classes if isinstance(dataset_classes, list) else [])
-        classes = [str(c) for c in classes] if isinstance(classes, (list, tuple)) else []
-
-        def name(i: Optional[int], classes: list[str] = classes) -> str:
-            if i is None:
-                return NA
-            return classes[i] if 0 <= i < len(classes) else str(i)
-
-        block: dict[str, Any] = {"victim": str(entry.get("victim", NA)),
-                                 "interpreter": str(entry.get("interpreter", NA)),
-                                 "per_class": [], "examples": [], "attacks": [], "error": ""}
-        try:
-            per = mapping(entry.get("per_class"))
-            x, mask = _array(per.get("x")), _array(per.get("mask"))
-            y, f1, f2 = _labels(per.get("y")), _labels(per.get("f1")), _labels(per.get("f2"))
-            for i in range(len(x) if x is not None else 0):
-                block["per_class"].append(_tile(x, mask, i, name, f1, f2, y=y[i] if i < len(y) else None,
-                                                head=name(y[i]) if i < len(y) else ""))
-            ex = mapping(entry.get("examples"))
-            x, mask = _array(ex.get("x")), _array(ex.get("mask"))
-            y, f1, f2 = _labels(ex.get("y")), _labels(ex.get("f1")), _labels(ex.get("f2"))
-            adversarial = mapping(ex.get("adversarial"))
-            block["attacks"] = [str(a) for a in adversarial]
-            for i in range(len(x) if x is not None else 0):
-                label = y[i] if i < len(y) else None
-                row = [_tile(x, mask, i, name, f1, f2, y=label, head="benign")]
-                for attack, adv in adversarial.items():
-                    adv = mapping(adv)
-                    success = _labels(adv.get("success"))
-                    row.append(_tile(_array(adv.get("x")), _array(adv.get("mask")), i, name,
-                                     _labels(adv.get("f1")), _labels(adv.get("f2")), y=label, head=str(attack),
-                                     success=bool(success[i]) if i < len(success) else None))
-                block["examples"].append({"y": name(label), "tiles": row})
-        except Exception as exc:
-            block["error"] = f"part of this gallery entry could not be drawn: {type(exc).__name__}: {exc}"
-        blocks.append(block)
-    if not blocks:
-        return [], "not computed: gallery.pt holds no entries."
-    return blocks, ""
-
-
-# ---------------------------------------------------------------------------------------------------------
 # plugin sections
 
 
@@ -985,13 +418,6 @@ def build_context(results: dict[str, Any], raw: str, run_dir: Path) -> dict[str,
     stage_summary, stage_full, stage_total = stage_tables(results)
     reference = results.get("paper_reference")
     transfer_table, heat = transfer_tables(view)
-    heatmaps = []
-    for index, item in enumerate(heat):
-        try:
-            svg = figures.heatmap_figure(item["panels"], item["sources"], item["targets"], prefix=f"heat{index}")
-            heatmaps.append({**item, "svg": Markup(svg), "error": ""})
-        except Exception as exc:
-            heatmaps.append({**item, "svg": None, "error": f"figure failed: {type(exc).__name__}: {exc}"})
     sections, problems = plugin_sections(results, run_dir)
     sweep = sweep_section(results, view)
     if sweep is not None:
@@ -1000,13 +426,6 @@ def build_context(results: dict[str, Any], raw: str, run_dir: Path) -> dict[str,
     warnings = [str(w) for w in results.get("warnings") or []] if isinstance(results.get("warnings"), list) else []
     missing = results.get("missing") if isinstance(results.get("missing"), list) else []
     complete = results.get("complete")
-    worst = Table("table-worst-case",
-                  [Column("detector"), Column("interpreter"), Column("source"), Column("target"), Column("subset"),
-                   Column("pairs", "num"), Column("AUROC", "num"), Column("TPR", "num"), Column("TNR", "num")],
-                  [[text(w.get("detector")), text(w.get("interpreter")), text(w.get("source")), text(w.get("target")),
-                    text(w.get("subset")), count(w.get("n_pairs")), num(w.get("auroc")), num(w.get("tpr")),
-                    num(w.get("tnr"))] for w in view.worst_case],
-                  "Worst case over attacks per detector, as reported by the run.")
     distributions = ordered((str(p.get("distribution")), str(p.get("version")))
                             for p in dicts(results.get("plugins")) if p.get("distribution"))
     victims = [{"name": str(k), "plugin": mapping(v).get("plugin"), "accuracy": mapping(v).get("clean_accuracy")}
@@ -1067,9 +486,9 @@ def build_context(results: dict[str, Any], raw: str, run_dir: Path) -> dict[str,
         "invariance_table": invariance_table(view),
         "score_table": score_definitions(view),
         "transfer_matrix": transfer_table,
-        "heatmaps": heatmaps,
+        "heatmaps": draw_heatmaps(heat),
         "attacks_table": attacks_table(view),
-        "worst_table": worst,
+        "worst_table": worst_case_table(view),
         "gallery": gallery,
         "gallery_note": gallery_note,
         "plugin_sections": sections,
