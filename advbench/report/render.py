@@ -23,11 +23,19 @@ from advbench.report import figures
 from advbench.report.charts import heatmaps as draw_heatmaps, roc_figures
 from advbench.report.format import NA, NOT_COMPUTED, Cell, Column, Table, fmt, is_number, num, period, seconds, text
 from advbench.report.gallery import gallery_blocks
+from advbench.report.sections import arrange, collect
 from advbench.report.tables import (attacks_table, detection_table, interpreters_table, invariance_rows,
                                     invariance_table, leaderboard_tables, plugins_table, score_definitions,
                                     stage_tables, transfer_tables, victims_table, worst_case_table)
 from advbench.report.view import View, dicts, interp_label, mapping, ordered, population, sweep_label
 
+# the built-in sections in page order, with their navigation titles; plugin sections are placed among them
+CORE_SECTIONS = [("overview", "Overview"), ("paper", "Paper vs this run"), ("sweep", "Sweep trade-off"),
+                 ("leaderboard", "Leaderboard"), ("roc", "ROC curves"), ("detection", "Detection tables"),
+                 ("transfer", "Transfer"), ("attacks", "Attacks"), ("gallery", "Mask gallery"), ("run", "Run details")]
+# ids the page uses for things other than sections (a plugin section may not take them)
+RESERVED_IDS = {"results", "warnings", "report-problems", "incomplete-banner", "unknown-banner", "suite-name",
+                "command", "filtered", "invariance", "attacked", "worst-case", "gallery-missing"}
 PAPER = "paper (Nguyen et al. 2017)"
 THIS_RUN = "this run"
 
@@ -361,31 +369,6 @@ def sweep_figures(section: dict[str, Any]) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------------------------------------
-# plugin sections
-
-
-def plugin_sections(results: dict[str, Any], run_dir: Path) -> tuple[list[dict[str, Any]], list[str]]:
-    from advbench import plugins
-
-    try:
-        replies = plugins.get_manager().hook.report_sections(results=copy.deepcopy(results), run_dir=str(run_dir))
-    except Exception as exc:
-        return [], [f"the report_sections hook of a plugin failed: {type(exc).__name__}: {exc}"]
-    sections, problems = [], []
-    for reply in replies or []:
-        if reply is None:
-            continue
-        for item in reply if isinstance(reply, (list, tuple)) else [reply]:
-            if not isinstance(item, dict) or "title" not in item:
-                problems.append(f"a report_sections reply was ignored: expected {{'title', 'html'}}, got {item!r:.80}")
-                continue
-            sections.append({"title": str(item.get("title")), "html": Markup(str(item.get("html") or ""))})
-    for index, section in enumerate(sections):
-        section["id"] = f"plugin-section-{index}"
-    return sections, problems
-
-
-# ---------------------------------------------------------------------------------------------------------
 # page
 
 
@@ -405,7 +388,7 @@ def environment() -> jinja2.Environment:
     return env
 
 
-def build_context(results: dict[str, Any], raw: str, run_dir: Path) -> dict[str, Any]:
+def build_context(results: dict[str, Any], raw: str, run_dir: Path, env: jinja2.Environment) -> dict[str, Any]:
     from advbench import __version__
 
     view = View.of(results)
@@ -418,7 +401,6 @@ def build_context(results: dict[str, Any], raw: str, run_dir: Path) -> dict[str,
     stage_summary, stage_full, stage_total = stage_tables(results)
     reference = results.get("paper_reference")
     transfer_table, heat = transfer_tables(view)
-    sections, problems = plugin_sections(results, run_dir)
     sweep = sweep_section(results, view)
     if sweep is not None:
         sweep.update(sweep_figures(sweep))
@@ -455,7 +437,7 @@ def build_context(results: dict[str, Any], raw: str, run_dir: Path) -> dict[str,
         "complete_unknown": complete is None,
         "missing": [str(m) for m in missing],
         "warnings": warnings,
-        "report_problems": problems,
+        "report_problems": [],
         "plugins_table": plugins_table(results),
         "stage_summary": stage_summary,
         "stage_full": stage_full,
@@ -491,20 +473,17 @@ def build_context(results: dict[str, Any], raw: str, run_dir: Path) -> dict[str,
         "worst_table": worst_case_table(view),
         "gallery": gallery,
         "gallery_note": gallery_note,
-        "plugin_sections": sections,
         "results_json": embed_json(raw),
         "any_detection": bool(view.detection),
         "sweep": sweep,
     }
-    nav = [("overview", "Overview")]
-    if context["has_paper"]:
-        nav.append(("paper", "Paper vs this run"))
-    if sweep is not None:
-        nav.append(("sweep", "Sweep trade-off"))
-    nav += [("leaderboard", "Leaderboard"), ("roc", "ROC curves"), ("detection", "Detection tables"),
-            ("transfer", "Transfer"), ("attacks", "Attacks"), ("gallery", "Mask gallery")]
-    nav += [(s["id"], s["title"]) for s in sections]
-    nav.append(("run", "Run details"))
+    core = [(sid, title) for sid, title in CORE_SECTIONS
+            if (sid != "paper" or context["has_paper"]) and (sid != "sweep" or sweep is not None)]
+    sections, problems = collect(results, run_dir, env, {sid for sid, _ in core} | RESERVED_IDS)
+    context["report_problems"] += problems
+    order, context["slots"] = arrange(sections, [sid for sid, _ in core])
+    titles = dict(core) | {s["id"]: s["title"] for s in sections}
+    nav = [(sid, titles[sid]) for sid in order]
     context["nav"] = nav
     return context
 
@@ -523,7 +502,8 @@ def render_report(run_dir: str | Path) -> Path:
         from advbench.errors import AdvbenchError
 
         raise AdvbenchError(f"{source}: expected a JSON object, found {type(results).__name__}")
-    html = environment().get_template("report.html").render(**build_context(results, raw, run_dir))
+    env = environment()
+    html = env.get_template("report.html").render(**build_context(results, raw, run_dir, env))
     target = run_dir / "index.html"
     fd, tmp = tempfile.mkstemp(prefix=".index.", suffix=".html", dir=run_dir)
     try:
