@@ -121,6 +121,15 @@ def _body(item: dict[str, Any], section_id: str, env: jinja2.Environment) -> Mar
                                                          html=html))
 
 
+def _follows(section_id: str, anchor: str, parent: dict[str, str]) -> bool:
+    """Whether ``section_id`` was placed after ``anchor``, directly or after a section placed after it."""
+    while section_id in parent:
+        section_id = parent[section_id]
+        if section_id == anchor:
+            return True
+    return False
+
+
 def arrange(sections: list[dict[str, Any]], core: list[str]) -> tuple[list[str], dict[str, list[dict[str, Any]]]]:
     """The page's section ids in order, and the plugin sections to draw after each built-in one ("" = first).
 
@@ -128,7 +137,7 @@ def arrange(sections: list[dict[str, Any]], core: list[str]) -> tuple[list[str],
     at the same place keep the order they were returned in. An unknown place falls back to "before:run".
     """
     order = list(core)
-    after: dict[str, int] = {}
+    parent: dict[str, str] = {}  # section id -> the id it was placed after
     pending = list(sections)
     while pending:
         left = []
@@ -140,9 +149,12 @@ def arrange(sections: list[dict[str, Any]], core: list[str]) -> tuple[list[str],
             at = order.index(anchor)
             if how == "before":
                 order.insert(at, section["id"])
-            else:
-                order.insert(at + 1 + after.get(anchor, 0), section["id"])
-                after[anchor] = after.get(anchor, 0) + 1
+            else:  # after the anchor and after whatever was already placed after it, directly or in a chain
+                at += 1
+                while at < len(order) and _follows(order[at], anchor, parent):
+                    at += 1
+                order.insert(at, section["id"])
+                parent[section["id"]] = anchor
         if len(left) == len(pending):  # no anchor among what is left: the default place
             for section in left:
                 section["place"] = DEFAULT_PLACE
