@@ -53,10 +53,31 @@ def register_executors(register: Register) -> None:
 
 
 @hookspec
-def report_sections(results: dict[str, Any], run_dir: str) -> list[dict[str, str]] | None:
-    """Extra sections for a run's HTML report.
+def report_sections(results: dict[str, Any], run_dir: str) -> list[dict[str, Any]] | None:
+    """Sections a plugin adds to a run's HTML report; return None (or ``[]``) to add nothing.
 
-    Return a list of ``{"title": ..., "html": ...}`` dicts. ``results`` is the run's results.json as a dict;
-    ``html`` is inserted as markup, so escape anything taken from user input (``markupsafe.escape``).
-    Called once per rendering; return None to add nothing.
+    Called once per rendering, each plugin with its own copy of the run's results.json (``results``) and the
+    run folder (``run_dir``). Return a list of dicts with these keys (only ``title`` is required)::
+
+        {"title": "Paper vs this run",        # the heading and the navigation entry; escaped
+         "id": "paper",                       # the anchor; letters, digits, - and _; default plugin-section-<n>
+         "place": "after:overview",           # "before:<id>" / "after:<id>"; default "before:run"
+         "lead": "One paragraph of text.",    # escaped
+         "template": "...", "context": {...}, # jinja2 source rendered by the report's environment
+         "tables": [table, ...]}              # drawn exactly like the report's own tables
+
+    ``place`` names a built-in section (overview, leaderboard, roc, detection, transfer, attacks, gallery, run)
+    or another plugin's section id; sections at one place keep the order they were returned in, and a place
+    not on the page falls back to "before:run". An id the page already uses gets a numeric suffix.
+
+    The body is, in this order: ``lead``; ``template`` rendered with ``context`` as its variables by the
+    report's own autoescaping environment (so every value from results is escaped; ``{% from "macros.html"
+    import table %}`` draws an ``advbench.report.format.Table``; pass markup you built yourself, such as an
+    SVG figure, as ``markupsafe.Markup``); each of ``tables``, an ``advbench.report.format.Table`` or a plain
+    ``{"title", "caption", "columns": [str], "rows": [[value]]}`` dict whose numbers print like the report's.
+
+    The original form ``{"title": ..., "html": ...}`` still works: ``html`` is inserted as markup after the
+    rest, so escape anything taken from results yourself (``markupsafe.escape``). Prefer ``template``/``tables``.
+    A hook that raises, or a section that cannot be drawn, is named in the page's problems banner; the other
+    plugins' sections still appear.
     """

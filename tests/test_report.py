@@ -17,7 +17,7 @@ import advbench
 import advbench.errors
 from advbench import plugins
 from advbench.report import render_report
-from advbench.report.render import fmt
+from advbench.report.format import fmt
 
 HOSTILE = "<script>alert(1)</script>"
 SUITE = f"paper {HOSTILE} & $co$"
@@ -672,6 +672,64 @@ def test_failing_report_section_hook_is_reported(tmp_path):
     assert "report_sections hook of a plugin failed: RuntimeError: boom" in html
 
 
+class _StructuredSection:
+    """A third-party plugin that returns data, not markup: the report escapes and formats it."""
+
+    @advbench.hookimpl
+    def report_sections(self, results, run_dir):
+        return [{"title": f"Third party {HOSTILE}", "id": "third-party", "place": "after:overview",
+                 "lead": f"lead {HOSTILE}",
+                 "template": '<p class="from-template">{{ who }} · {{ value|fmt }}</p>',
+                 "context": {"who": results["suite"], "value": 0.123456},
+                 "tables": [{"title": f"table {HOSTILE}", "columns": ["name", "value"],
+                             "rows": [[HOSTILE, 0.98765], ["count", 7], ["missing", None]]}]},
+                {"title": "Last", "id": "overview", "place": "after:third-party"}]  # a taken id: renamed
+
+
+def test_third_party_structured_section_is_placed_and_escaped(tmp_path):
+    run = write_run(tmp_path / "run", make_results())
+    section = _StructuredSection()
+    plugins.register_plugin(section, name=f"test-report-structured-{id(section)}")
+    try:
+        html = render_report(run).read_text(encoding="utf-8")
+    finally:
+        plugins.unregister_plugin(section)
+    assert HOSTILE not in html
+    escaped = "&lt;script&gt;alert(1)&lt;/script&gt;"
+    assert f"<h2>Third party {escaped}</h2>" in html
+    assert f'<p class="lead">lead {escaped}</p>' in html
+    assert f'<p class="from-template">paper {escaped} &amp; $co$ · 0.123</p>' in html
+    assert f"<h3>table {escaped}</h3>" in html
+    page = Page(html)
+    assert page.records("third-party-table-0") == [{"name": HOSTILE, "value": "0.988"},
+                                                   {"name": "count", "value": "7"},
+                                                   {"name": "missing", "value": "—"}]
+    # after the overview and before the paper tables (which the built-in plugin places after the overview too)
+    order = [html.index(f'<section id="{sid}"') for sid in ["overview", "third-party", "overview-2", "paper",
+                                                              "leaderboard"]]
+    assert order == sorted(order)
+    assert 'href="#third-party"' in html and 'href="#overview-2"' in html
+
+
+def test_without_the_reports_plugin_the_generic_tables_remain(tmp_path, monkeypatch):
+    run = write_run(tmp_path / "run", make_results())
+    monkeypatch.setenv(plugins.DISABLE_ENV, "reports")
+    plugins.reset()
+    try:
+        html = render_report(run).read_text(encoding="utf-8")
+    finally:
+        monkeypatch.delenv(plugins.DISABLE_ENV)
+        plugins.reset()
+    page = Page(html)
+    assert '<section id="paper"' not in html and 'href="#paper"' not in html
+    assert not [t for t in page.tables if t.startswith("paper-")]
+    for table in ["table-victims", "table-interpreters", "table-direct", "table-transfer", "table-filtered",
+                  "table-invariance", "table-attacks", "table-transfer-matrix", "table-leaderboard-0"]:
+        assert page.records(table), table
+    assert "report-problems" not in html
+    assert '<section id="paper"' in render_report(run).read_text(encoding="utf-8")  # back once enabled
+
+
 # ---------------------------------------------------------------------------------------------------------
 # LEAD: the real digits suite. `digits_run` (a fixture in tests/conftest.py) returns the run folder of a
 # finished run of the digits suite; this test checks the report of that real run against its results.json.
@@ -710,3 +768,9 @@ def test_report_of_real_digits_run(digits_run):
         imgs = [a for t, a in page.tags if t == "img"]
         assert imgs and all(a["src"].startswith("data:image/png;base64,") for a in imgs)
     assert results.get("complete") is not False or 'id="incomplete-banner"' in html
+
+
+def test_the_core_imports_no_report_plugin():
+    core = Path(advbench.__file__).parent
+    offenders = [str(f.relative_to(core)) for f in core.rglob("*.py") if "advbench_reports" in f.read_text()]
+    assert offenders == []

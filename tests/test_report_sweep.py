@@ -15,7 +15,7 @@ import torch
 import yaml
 
 from advbench.report import render_report
-from advbench.report.render import fmt
+from advbench.report.format import fmt
 
 REPO = Path(__file__).resolve().parents[1]
 FIELD = "interpreters.lan.options.beta"

@@ -1,0 +1,275 @@
+"""The generic tables of a report: victims, interpreters, attacks, detection, leaderboards, transfer, stages,
+plugins, score definitions and the worst case. Each function reads a ``View`` and returns a ``Table``."""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+from advbench.report.format import NA, Cell, Column, Table, count, is_number, num, seconds, text
+from advbench.report.view import View, dicts, interp_label, mapping, ordered, population, subset, sweep_label
+
+# optional metric columns, shown where some row has a value
+EXTRA_METRICS = [
+    ("tpr_at_fpr_1", "TPR @ FPR 1%"),
+    ("tpr_at_fpr_5", "TPR @ FPR 5%"),
+    ("tpr_at_fpr_10", "TPR @ FPR 10%"),
+    ("tnr_at_tpr_90", "TNR @ TPR 90%"),
+    ("tnr_at_tpr_95", "TNR @ TPR 95%"),
+]
+
+
+def detection_table(view: View, rows: list[dict[str, Any]], table_id: str, caption: str, *, pair: str,
+                    show_subset: bool = False, show_population: bool = False, recovery: str = "no") -> Table:
+    """``pair``: "victim" (source = target, one column), or "both" (source and target columns).
+    ``recovery``: "always", "auto" (where some row has a recovery rate) or "no"."""
+    recovery = recovery == "always" or (recovery == "auto" and any(is_number(r.get("recovery_rate")) for r in rows))
+    columns: list[Column] = []
+    if pair == "victim":
+        columns.append(Column("victim"))
+    else:
+        columns += [Column("source", title="victim the attack was crafted on"),
+                    Column("target", title="victim whose detector is evaluated")]
+    columns += [Column("detector"), Column("interpreter"), Column("attack")]
+    if view.any_sweep:
+        columns.append(Column("sweep"))
+    if show_subset:
+        columns.append(Column("subset"))
+    if show_population:
+        columns.append(Column("population"))
+    columns += [Column("n adv", "num", "adversarial inputs evaluated"),
+                Column("n benign", "num", "benign inputs evaluated"),
+                Column("TPR", "num", "true positive rate: adversarial inputs flagged"),
+                Column("TNR", "num", "true negative rate: benign inputs passed"),
+                Column("AUROC", "num", "area under the ROC curve of the detector's score")]
+    if recovery:
+        columns.append(Column("recovery", "num", "share of adversarial inputs whose original class is recovered"))
+    extras = [(k, label) for k, label in EXTRA_METRICS if any(is_number(r.get(k)) for r in rows)]
+    columns += [Column(label, "num") for _, label in extras]
+    body = []
+    for row in view.sort_rows(rows):
+        cells = [text(row.get("target"))] if pair == "victim" else [text(row.get("source")), text(row.get("target"))]
+        cells += [text(row.get("detector")), text(row.get("interpreter")), text(row.get("attack"))]
+        if view.any_sweep:
+            cells.append(text(sweep_label(row)))
+        if show_subset:
+            cells.append(text(subset(row)))
+        if show_population:
+            cells.append(text(population(row)))
+        cells += [count(row.get("n_adversarial")), count(row.get("n_benign")), num(row.get("tpr")),
+                  num(row.get("tnr")), num(row.get("auroc"))]
+        if recovery:
+            cells.append(num(row.get("recovery_rate")))
+        cells += [num(row.get(k)) for k, _ in extras]
+        body.append(cells)
+    return Table(table_id, columns, body, caption)
+
+
+def invariance_rows(view: View) -> list[dict[str, Any]]:
+    """One row per (source, target, interpreter, attack, sweep) with a mask invariance; detectors share it."""
+    seen: dict[tuple, dict[str, Any]] = {}
+    for row in view.sort_rows(view.rows(subset_="all", population_="successful")):
+        if not is_number(row.get("mask_invariance")) or row.get("interpreter") in (None, ""):
+            continue
+        key = (row.get("source"), row.get("target"), row.get("interpreter"), row.get("attack"), sweep_label(row),
+               row.get("mask_invariance"))
+        seen.setdefault(key, row)
+    return list(seen.values())
+
+
+def invariance_table(view: View) -> Table:
+    columns = [Column("source"), Column("target"), Column("interpreter"), Column("attack")]
+    if view.any_sweep:
+        columns.append(Column("sweep"))
+    columns += [Column("n adv", "num"), Column("mask invariance", "num",
+                                               "share of adversarial inputs whose mask keeps its f2 class")]
+    body = []
+    for row in invariance_rows(view):
+        cells = [text(row.get(key)) for key in ("source", "target", "interpreter", "attack")]
+        if view.any_sweep:
+            cells.append(text(sweep_label(row)))
+        cells += [count(row.get("n_adversarial")), num(row.get("mask_invariance"))]
+        body.append(cells)
+    return Table("table-invariance", columns, body,
+                 "Mask invariance (paper Table 1): share of successful adversarial inputs whose attention mask "
+                 "f2 still reads as the benign input's mask did.")
+
+
+def victims_table(view: View) -> Table:
+    body = []
+    for name in view.victims:
+        info = mapping(view.victims.get(name))
+        body.append([text(name), text(info.get("plugin")), num(info.get("clean_accuracy"))])
+    return Table("table-victims", [Column("victim"), Column("plugin"), Column("clean accuracy", "num")], body,
+                 "Victim classifiers (f1) and their accuracy on the clean test set.")
+
+
+def interpreters_table(view: View) -> Table:
+    with_f2 = any(row.get("mask_classifier") for row in view.interpreters)
+    with_sweep = any(sweep_label(row) for row in view.interpreters)
+    body = []
+    for row in view.interpreters:
+        body.append([text(row.get("victim")), text(row.get("interpreter")), text(row.get("plugin"))]
+                    + ([text(row.get("mask_classifier"))] if with_f2 else [])
+                    + ([text(sweep_label(row))] if with_sweep else [])
+                    + [num(row.get("mask_classifier_accuracy")), count(row.get("n_accuracy_masks")),
+                       num(row.get("majority_class_share")), count(row.get("n_train_masks"))])
+    return Table("table-interpreters",
+                 [Column("victim"), Column("interpreter"), Column("plugin")]
+                 + ([Column("f2", title="the mask classifier's plugin")] if with_f2 else [])
+                 + ([Column("sweep")] if with_sweep else [])
+                 + [Column("mask classifier accuracy", "num", "accuracy of f2 on the test images' masks"),
+                    Column("test masks", "num", "clean test images the accuracy is measured on"),
+                    Column("majority class share", "num", "share of the most frequent class among f2's predictions: "
+                           "near 1 means f2 collapsed onto one class"),
+                    Column("training masks", "num", "training images whose masks f2 learned from")],
+                 body, "Mask classifiers (f2): accuracy on the masks of the clean test set.")
+
+
+def attacks_table(view: View) -> Table:
+    units = ordered(str(r["l0_unit"]) for r in view.attacks if r.get("l0_unit"))
+    columns = [Column("attack"), Column("plugin"), Column("norm"), Column("source"), Column("n", "num"),
+               Column("n success", "num"), Column("success rate", "num"), Column("mean l∞", "num"),
+               Column("mean l2", "num"), Column("mean l0", "num", "; ".join(units))]
+    rows = sorted(view.attacks, key=lambda r: (view.attack_key(r.get("attack")), view.victim_key(r.get("source"))))
+    body = [[text(r.get("attack")), text(r.get("plugin")), text(r.get("norm")), text(r.get("source")),
+             count(r.get("n")), count(r.get("n_success")), num(r.get("success_rate")), num(r.get("mean_linf")),
+             num(r.get("mean_l2")), num(r.get("mean_l0"))] for r in rows]
+    return Table("table-attacks", columns, body,
+                 "Attacks: success rate on the attacked test images and the mean perturbation size of the "
+                 "successful adversarial inputs.")
+
+
+def leaderboard_tables(view: View) -> list[Table]:
+    """Detectors (with interpreter) x attacks, AUROC, per (source, target) pair; best per column marked."""
+    rows = view.rows(subset_="all", population_="successful")
+    pairs = ordered((r.get("source"), r.get("target"), sweep_label(r)) for r in view.sort_rows(rows))
+    pairs.sort(key=lambda p: (p[0] != p[1], view.victim_key(p[1]), view.victim_key(p[0])))
+    tables = []
+    for index, (source, target, sweep) in enumerate(pairs):
+        sub = [r for r in rows if (r.get("source"), r.get("target"), sweep_label(r)) == (source, target, sweep)]
+        detectors = ordered((str(r.get("detector")), interp_label(r.get("interpreter"))) for r in view.sort_rows(sub))
+        attacks = ordered(str(r.get("attack")) for r in sorted(sub, key=lambda r: view.attack_key(r.get("attack"))))
+        value = {(str(r.get("detector")), interp_label(r.get("interpreter")), str(r.get("attack"))): r.get("auroc")
+                 for r in sub}
+        worst = {}
+        for w in view.worst_case:
+            if (w.get("source"), w.get("target"), str(w.get("subset") or "all")) == (source, target, "all") and \
+                    sweep_label(w) == sweep:
+                worst[(str(w.get("detector")), interp_label(w.get("interpreter")))] = w.get("auroc")
+        columns_values = [[value.get((d, i, a)) for d, i in detectors] for a in attacks]
+        if worst:
+            columns_values.append([worst.get((d, i)) for d, i in detectors])
+        best = []
+        for values in columns_values:
+            numbers = [v for v in values if is_number(v)]
+            best.append(max(numbers) if numbers else None)
+        body = []
+        for j, (d, i) in enumerate(detectors):
+            cells = [Cell(d), Cell(i, "na" if i == NA else "")]
+            for c, values in enumerate(columns_values):
+                v = values[j]
+                cell = num(v)
+                if is_number(v) and best[c] is not None and v == best[c] and len(detectors) > 1:
+                    cell = num(v, cls="best")
+                    cell.title = "best in this column"
+                cells.append(cell)
+            body.append(cells)
+        columns = [Column("detector"), Column("interpreter")] + [Column(a, "num") for a in attacks]
+        if worst:
+            columns.append(Column("worst case", "num", "worst AUROC over the attacks (results.json worst_case)"))
+        where = f"on {source}" if source == target else f"crafted on {source}, evaluated on {target}"
+        caption = f"AUROC per attack, adversarial inputs {where}" + (f" ({sweep})" if sweep else "") + \
+            ". Bold: best detector in the column."
+        tables.append(Table(f"table-leaderboard-{index}", columns, body, caption,
+                            note=f"{source} → {target}" if source != target else str(target)))
+    return tables
+
+
+def transfer_tables(view: View) -> tuple[Optional[Table], list[dict[str, Any]]]:
+    """The AUROC transfer matrix (source x target) per detector, interpreter and attack, and heat-map panels."""
+    rows = view.rows(subset_="all", population_="successful")
+    if not any(r.get("source") != r.get("target") for r in rows):
+        return None, []
+    sources = [v for v in view.victim_order if any(r.get("source") == v for r in rows)]
+    targets = [v for v in view.victim_order if any(r.get("target") == v for r in rows)]
+    groups: dict[tuple, dict[tuple, Any]] = {}
+    for r in view.sort_rows(rows):
+        key = (str(r.get("detector")), interp_label(r.get("interpreter")), sweep_label(r), str(r.get("attack")))
+        groups.setdefault(key, {})[(r.get("source"), r.get("target"))] = r.get("auroc")
+    columns = [Column("detector"), Column("interpreter")]
+    if view.any_sweep:
+        columns.append(Column("sweep"))
+    columns += [Column("attack"), Column("source ↓ / target →")] + [Column(t, "num") for t in targets]
+    body = []
+    for (d, i, s, a), cells in groups.items():
+        for source in sources:
+            if not any((source, t) in cells for t in targets):
+                continue
+            row = [Cell(d), Cell(i)] + ([text(s)] if view.any_sweep else []) + [Cell(a), Cell(source, "rowhead")]
+            for t in targets:
+                cell = num(cells.get((source, t)))
+                if source == t and "na" not in cell.cls:
+                    cell.cls += " diag"
+                    cell.title = "direct (source = target)"
+                row.append(cell)
+            body.append(row)
+    table = Table("table-transfer-matrix", columns, body,
+                  "AUROC of each detector when the adversarial inputs are crafted on the source victim and "
+                  "evaluated against the target victim; the diagonal is the direct setting.")
+    figures_ = []
+    by_detector: dict[tuple, list[tuple[str, dict]]] = {}
+    for (d, i, s, a), cells in groups.items():
+        by_detector.setdefault((d, i, s), []).append((a, cells))
+    for (d, i, s), panels in by_detector.items():
+        data = [{"title": a, "matrix": [[cells.get((src, t)) for t in targets] for src in sources]}
+                for a, cells in panels]
+        figures_.append({"detector": d, "interpreter": i, "sweep": s, "panels": data, "sources": sources,
+                         "targets": targets})
+    return table, figures_
+
+
+
+def stage_tables(results: dict[str, Any]) -> tuple[Table, Table, float]:
+    stages = dicts(results.get("stages"))
+    totals: dict[str, list[float]] = {}
+    for s in stages:
+        entry = totals.setdefault(str(s.get("stage", "?")), [0, 0.0, 0])
+        entry[0] += 1
+        entry[1] += float(s["seconds"]) if is_number(s.get("seconds")) else 0.0
+        entry[2] += 1 if s.get("cached") else 0
+    summary = Table("table-stage-summary",
+                    [Column("stage"), Column("steps", "num"), Column("cached", "num"), Column("wall time", "num"),
+                     Column("seconds", "num")],
+                    [[Cell(k), Cell(str(n), "num"), Cell(str(c), "num"), Cell(seconds(t), "num"), num(t, 1)]
+                     for k, (n, t, c) in totals.items()],
+                    "Wall time per stage (summed over its steps; a cached step cost only its lookup).")
+    full = Table("table-stages",
+                 [Column("stage"), Column("step"), Column("seconds", "num"), Column("cached")],
+                 [[text(s.get("stage")), text(s.get("label")), num(s.get("seconds"), 2),
+                   Cell("cached" if s.get("cached") else "computed", "cached" if s.get("cached") else "")]
+                  for s in stages], "Every step, in the order it finished.")
+    return summary, full, sum(t for _, t, _ in totals.values())
+
+
+def plugins_table(results: dict[str, Any]) -> Table:
+    rows = sorted(dicts(results.get("plugins")), key=lambda p: (str(p.get("kind")), str(p.get("name"))))
+    return Table("table-plugins", [Column("kind"), Column("name"), Column("distribution"), Column("version")],
+                 [[text(p.get("kind")), text(p.get("name")), text(p.get("distribution")), text(p.get("version"))]
+                  for p in rows], "Plugins used by the run and the distributions that provide them.")
+
+
+def score_definitions(view: View) -> Table:
+    seen = ordered((str(r.get("detector")), str(r.get("score_definition")))
+                   for r in view.detection if r.get("score_definition"))
+    return Table("table-scores", [Column("detector"), Column("score (higher = more likely adversarial)")],
+                 [[Cell(d), Cell(s)] for d, s in seen], "")
+
+
+def worst_case_table(view: View) -> Table:
+    return Table("table-worst-case",
+                 [Column("detector"), Column("interpreter"), Column("source"), Column("target"), Column("subset"),
+                  Column("pairs", "num"), Column("AUROC", "num"), Column("TPR", "num"), Column("TNR", "num")],
+                 [[text(w.get("detector")), text(w.get("interpreter")), text(w.get("source")), text(w.get("target")),
+                   text(w.get("subset")), count(w.get("n_pairs")), num(w.get("auroc")), num(w.get("tpr")),
+                   num(w.get("tnr"))] for w in view.worst_case],
+                 "Worst case over attacks per detector, as reported by the run.")
