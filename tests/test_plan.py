@@ -87,3 +87,27 @@ def test_spawned_process_pool_gives_the_local_run_identically(tmp_path):
     warm = load_results(tmp_path / "pool-warm")
     assert all(s["cached"] for s in warm["stages"] if s["stage"] != "data")
     assert warm["detection"] == local["detection"]
+
+
+def test_a_victim_loaded_from_its_own_checkpoint_gives_the_trained_runs_results(tmp_path):
+    """A checkpoint node is read from its file by whoever needs it (never stored, never run as a stage): the
+    trained victim's weights, saved and loaded back, give the same detection numbers."""
+    import torch
+
+    from advbench.cache import Cache
+
+    cache = tmp_path / "cache"
+    suite = small_digits(tmp_path)
+    advbench_cli("run", suite, "--out", str(tmp_path / "trained"), "--no-report", "--threads", "1", cache=cache)
+    victim = next(e for e in Cache(cache).entries() if e.stage == "victim")
+    state = Cache(cache).load(victim.key)["state_dict"]
+    torch.save(state, tmp_path / "cnn.pt")
+    raw = yaml.safe_load(open(suite))
+    raw["victims"]["cnn"]["checkpoint"] = str(tmp_path / "cnn.pt")
+    (tmp_path / "from-checkpoint.yaml").write_text(yaml.safe_dump(raw))
+    advbench_cli("run", str(tmp_path / "from-checkpoint.yaml"), "--out", str(tmp_path / "loaded"), "--no-report",
+                 "--threads", "1", cache=cache)
+    trained, loaded = load_results(tmp_path / "trained"), load_results(tmp_path / "loaded")
+    assert not any(s["stage"] == "victim" for s in loaded["stages"])  # nothing trained
+    for section in ("victims", "attacks", "detection", "interpreters"):
+        assert loaded[section] == trained[section], section
