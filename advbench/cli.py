@@ -185,6 +185,14 @@ def _fmt(value) -> str:
     return "-" if value is None else f"{value:.3f}" if isinstance(value, float) else str(value)
 
 
+def _wide_console(**kwargs) -> Console:
+    """Piped (grep, a file) and no COLUMNS: 120 columns, not rich's 80, so names fold less."""
+    out = Console(**kwargs)
+    if not out.is_terminal and not os.environ.get("COLUMNS"):
+        out = Console(width=120, **kwargs)
+    return out
+
+
 def _summary(results: dict) -> None:
     table = Table(title=f"detection ({results.get('suite')})")
     for column in ("detector", "interpreter", "attack", "source->target", "subset", "n adv", "TPR", "TNR", "AUROC"):
@@ -217,7 +225,7 @@ def cache() -> None:
 @cache.command("ls")
 @click.option("--json", "as_json", is_flag=True)
 def cache_ls(as_json: bool) -> None:
-    """List cache entries by stage."""
+    """List cache entries by stage; damaged entries are listed as such (cache clear removes them)."""
     from advbench.cache import Cache
 
     store = Cache()
@@ -227,26 +235,44 @@ def cache_ls(as_json: bool) -> None:
         return
     table = Table(title=f"cache {store.root}")
     for column in ("key", "stage", "size", "created", "description"):
-        table.add_column(column)
+        table.add_column(column, overflow="fold", no_wrap=False)  # the stage is what `cache clear --stage` takes
     for e in sorted(entries, key=lambda e: e.created):
-        table.add_row(e.key[:12], e.stage, _size(e.size), datetime.fromtimestamp(e.created).strftime("%Y-%m-%d %H:%M"),
-                      e.description)
-    Console().print(table)
-    click.echo(f"{len(entries)} entries, {_size(sum(e.size for e in entries))}")
+        table.add_row(e.key[:12], e.stage or "-", _size(e.size), _when(e.created),
+                      f"DAMAGED: {e.problem}" if e.problem else e.description)
+    _wide_console().print(table)
+    damaged = sum(1 for e in entries if e.problem)
+    note = f"; {damaged} damaged (advbench cache clear --yes removes them)" if damaged else ""
+    click.echo(f"{len(entries)} entries, {_size(sum(e.size for e in entries))}{note}")
 
 
 @cache.command("clear")
-@click.option("--stage", default=None, help="Only entries of this stage (victim, adversarial, scores, ...).")
+@click.option("--stage", default=None, help="Only entries of this stage (dataset-decode, victim, mask-classifier, "
+              "metrics, interpreter, masks, adversarial, scores), and every damaged entry.")
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
 def cache_clear(stage: Optional[str], yes: bool) -> None:
     """Remove cache entries."""
-    from advbench.cache import Cache
+    from advbench.cache import STAGES, Cache
 
     store = Cache()
+    entries = store.entries()
+    if stage is not None:
+        present = sorted({e.stage for e in entries if e.stage})
+        if stage not in STAGES and stage not in present:
+            raise AdvbenchError(f"cache clear --stage {stage!r}: no such stage; stages: {', '.join(STAGES)}"
+                                + (f" (in this cache: {', '.join(present)})" if present else " (this cache is empty)"))
     what = f"{stage} entries" if stage else "every entry"
     if not yes and not click.confirm(f"remove {what} under {store.root}?", default=False):
         return
-    click.echo(f"removed {store.clear(stage)} entries")
+    damaged = sum(1 for e in entries if e.problem)
+    removed = store.clear(stage)
+    click.echo(f"removed {removed} entries" + (f" ({damaged} damaged)" if damaged else ""))
+
+
+def _when(timestamp: float) -> str:
+    try:
+        return datetime.fromtimestamp(timestamp).strftime("%Y-%m-%d %H:%M")
+    except (OverflowError, OSError, ValueError):
+        return "?"
 
 
 def _size(n: int) -> str:
