@@ -1,11 +1,13 @@
-"""The ``advbench`` command: run, list-plugins, report, cache."""
+"""The ``advbench`` command: run, list-plugins, report, cache, doctor."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import shlex
+import signal
 import sys
 import webbrowser
 from datetime import datetime
@@ -24,6 +26,7 @@ from advbench.errors import AdvbenchError, DataError
 
 console = Console(stderr=True)
 DEVICES = ("auto", "cpu", "cuda")
+CACHE_ENV = "ADVBENCH_CACHE"  # advbench.cache.CACHE_ENV, repeated so that --help does not import torch
 
 
 def fail(message: str) -> None:
@@ -32,12 +35,64 @@ def fail(message: str) -> None:
     sys.exit(2)
 
 
+class _UsageLine(click.ClickException):
+    """A click usage error shown as one line (click's own is four: usage, hint, blank, error)."""
+
+    exit_code = 2
+
+    def show(self, file=None) -> None:
+        click.echo(f"advbench: error: {' '.join(self.format_message().split())}", err=True)
+
+
+def _one_line_usage(exc: click.UsageError) -> click.ClickException:
+    if type(exc).__name__ == "NoArgsIsHelpError":  # `advbench` alone prints the help: keep it
+        return exc
+    where = exc.ctx.command_path if exc.ctx is not None else "advbench"
+    return _UsageLine(f"{where}: {exc.format_message()} (see {where} --help)")
+
+
 class _Group(click.Group):
+    def make_context(self, info_name, args, parent=None, **extra):
+        try:
+            return super().make_context(info_name, args, parent=parent, **extra)
+        except click.UsageError as exc:
+            raise _one_line_usage(exc) from None
+
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
         except AdvbenchError as exc:
             fail(str(exc))
+        except click.UsageError as exc:
+            raise _one_line_usage(exc) from None
+
+
+def cache_location() -> str:
+    """Where the cache lives, for --help (computed when shown, so it follows ADVBENCH_CACHE)."""
+    env = os.environ.get(CACHE_ENV)
+    if env:
+        return f"{Path(env).expanduser()} (from {CACHE_ENV})"
+    import platformdirs
+
+    return f"{platformdirs.user_cache_dir('advbench')} (set {CACHE_ENV} to use another folder)"
+
+
+class _CacheHelp:
+    """Adds 'Cache: <where>' to a command's --help."""
+
+    def format_epilog(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        super().format_epilog(ctx, formatter)  # type: ignore[misc]
+        formatter.write_paragraph()
+        formatter.write_text(f"Cache: {cache_location()}. Every stage's artifacts (trained models, masks, "
+                             "adversarial sets, scores) are stored there and reused.")
+
+
+class _CacheHelpCommand(_CacheHelp, click.Command):
+    pass
+
+
+class _CacheHelpGroup(_CacheHelp, click.Group):
+    pass
 
 
 @click.group(cls=_Group)
@@ -90,12 +145,46 @@ def _progress_bar(progress: Progress):
     return track
 
 
-@main.command()
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (timeout, kill, a scheduler, CI cancellation): handled like Ctrl-C, with the signal's exit status."""
+
+
+@contextlib.contextmanager
+def _signals():
+    """SIGINT and SIGTERM raise a KeyboardInterrupt (so run_suite writes partial results); a second one exits at
+    once with 128 + its number. A signal the run inherited as ignored (a background job) stays ignored."""
+    received: list[int] = []
+
+    def handler(signum, frame):
+        if received:  # impatient: leave now, without the page
+            click.echo(f"advbench: {signal.Signals(signum).name} again: stopping now", err=True)
+            raise SystemExit(128 + signum)
+        received.append(signum)
+        raise KeyboardInterrupt() if signum == signal.SIGINT else Terminated()
+
+    previous = {}
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        current = signal.getsignal(signum)
+        if current is signal.SIG_IGN:
+            continue
+        try:
+            previous[signum] = signal.signal(signum, handler)
+        except ValueError:  # not the main thread (an embedding program): leave signals alone
+            pass
+    try:
+        yield received
+    finally:
+        if not received:  # after a signal, keep ours to the end: a late second one still exits 128 + n
+            for signum, old in previous.items():
+                signal.signal(signum, old)
+
+
+@main.command(cls=_CacheHelpCommand)
 @click.argument("suite_file", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--device", type=click.Choice(DEVICES), default=None,
               help="auto uses CUDA when present (default: the suite's device field).")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Run folder (default: reports/<suite>-<time>/).")
+              help="Run folder (default: a new reports/<suite>-<time>/).")
 @click.option("--limit", type=click.IntRange(min=1), default=None,
               help="Cap the evaluation and detector-fitting test images at N each.")
 @click.option("--seed", type=click.IntRange(min=0), default=None, help="Override the suite's seed.")
@@ -105,25 +194,55 @@ def _progress_bar(progress: Progress):
 @click.option("--no-report", is_flag=True, help="Write results only, no HTML page.")
 def run(suite_file: Path, device: Optional[str], out_dir: Optional[Path], limit: Optional[int], seed: Optional[int],
         overrides: tuple[str, ...], open_report: bool, no_report: bool) -> None:
-    """Run the grid SUITE_FILE describes and write results.json, CSV tables and index.html."""
+    """Run the grid SUITE_FILE describes and write results.json, CSV tables and index.html.
+
+    Ctrl-C or SIGTERM stops the run, keeps what was computed (results.json with complete: false, and the
+    page) and exits with 130 or 143; running the same command again resumes from the cache.
+    """
+    state: dict[str, Path] = {}
+    with _signals() as received:
+        try:
+            _run(suite_file, device, out_dir, limit, seed, overrides, open_report, no_report, received, state)
+        except KeyboardInterrupt:  # before run_suite wrote results, or while the page was drawn
+            status = 128 + (received[0] if received else signal.SIGINT)
+            run_dir = state.get("run_dir")
+            if run_dir is not None and (run_dir / "results.json").is_file():
+                click.echo(f"advbench: interrupted; results so far in {run_dir}; run the same command to resume "
+                           "from the cache", err=True)
+            else:
+                click.echo("advbench: interrupted before anything was computed; nothing to keep", err=True)
+            sys.exit(status)
+
+
+def _run(suite_file: Path, device: Optional[str], out_dir: Optional[Path], limit: Optional[int], seed: Optional[int],
+         overrides: tuple[str, ...], open_report: bool, no_report: bool, received: list[int],
+         state: dict[str, Path]) -> None:
     import torch
 
     from advbench.cache import Cache
-    from advbench.runner import resolve_device, run_suite
+    from advbench.devices import resolve_device
+    from advbench.rundir import new_run_dir, writable_out
+    from advbench.runner import run_suite
     from advbench.suite import load_suite
 
     extra = list(overrides)
     if seed is not None:
         extra.append(f"seed={seed}")
     suite = load_suite(suite_file, extra)
-    chosen = resolve_device(device or suite.spec.device)
-    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    run_dir = out_dir or Path("reports") / f"{suite.name}-{stamp}"
-    run_dir.mkdir(parents=True, exist_ok=True)
+    chosen = resolve_device(device, "--device") if device else resolve_device(suite.spec.device,
+                                                                              f"{suite.source}: device")
+    if out_dir is not None:
+        run_dir = writable_out(out_dir)
+    else:
+        run_dir = new_run_dir(Path("reports"), suite.name, datetime.now().strftime("%Y%m%d-%H%M%S"))
+    state["run_dir"] = run_dir
     # the thread count changes float reductions and so trained weights: it is part of what repeats a run
     threads = f"OMP_NUM_THREADS={shlex.quote(os.environ['OMP_NUM_THREADS'])} " if os.environ.get("OMP_NUM_THREADS") else ""
     command = threads + "advbench " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-    _configure_logging(run_dir)
+    try:
+        _configure_logging(run_dir)
+    except OSError as exc:
+        raise AdvbenchError(f"--out {run_dir}: cannot write run.log there ({exc.strerror or exc})") from None
     # use every core, unless the user chose a thread count (OMP_NUM_THREADS: on a shared, loaded machine one
     # thread can be many times faster than an oversubscribed pool)
     if not os.environ.get("OMP_NUM_THREADS") and torch.get_num_threads() < (os.cpu_count() or 1):
@@ -143,12 +262,21 @@ def run(suite_file: Path, device: Optional[str], out_dir: Optional[Path], limit:
         with progress:
             results = run_suite(suite, run_dir, chosen, cache, limit=limit, progress=_progress_bar(progress),
                                 command=command)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         interrupted = True
-        results = json.loads((run_dir / "results.json").read_text())
-    except DataError as exc:  # raised by a dataset plugin at load time: say which suite file to fix
-        message = str(exc)
-        raise DataError(message if suite.source in message else f"{suite.source}: {message}") from None
+        name = "SIGTERM" if isinstance(exc, Terminated) else "SIGINT (Ctrl-C)"
+        results = _read_results(run_dir)
+        # run.log only: the screen gets one 'interrupted' line below
+        logging.getLogger("advbench").info("%s: stopped; %s", name, f"partial results in {run_dir}"
+                                           if results is not None else "nothing computed yet")
+        if results is None:
+            raise  # nothing written yet: the caller says so in one line
+    except DataError as exc:  # raised by a dataset plugin at load time: say which suite file and field to fix
+        raise DataError(_data_message(str(exc), suite)) from None
+    except OSError as exc:  # the run folder stopped being writable (disk full, removed, permissions)
+        if exc.filename and str(run_dir) in str(exc.filename):
+            raise AdvbenchError(f"--out {run_dir}: cannot write {exc.filename} ({exc.strerror or exc})") from None
+        raise
     page = None
     if not no_report:
         from advbench.report import render_report
@@ -156,13 +284,31 @@ def run(suite_file: Path, device: Optional[str], out_dir: Optional[Path], limit:
         page = render_report(run_dir)
     _summary(results)
     if interrupted:
-        console.print(f"[yellow]interrupted[/]: partial results in {run_dir}; run the same command to resume "
-                      "from the cache")
-        sys.exit(130)
+        console.print(f"[yellow]interrupted[/]: partial results in {escape(str(run_dir))}; run the same command to "
+                      "resume from the cache", soft_wrap=True)
+        sys.exit(128 + (received[0] if received else signal.SIGINT))
     where = page or run_dir / "results.json"
     if open_report and page is not None and _has_display():
         webbrowser.open(page.resolve().as_uri())
     click.echo(str(where))
+
+
+def _read_results(run_dir: Path) -> Optional[dict]:
+    """The run folder's results.json, or None when it is not there (yet) or not readable."""
+    try:
+        return json.loads((run_dir / "results.json").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _data_message(message: str, suite) -> str:
+    """A dataset plugin's message, prefixed with the suite file and the field that names the data."""
+    options = (suite.raw.get("dataset") or {}).get("options") if isinstance(suite.raw.get("dataset"), dict) else None
+    path = options.get("path") if isinstance(options, dict) else None
+    if "dataset." not in message:
+        field = "dataset.options.path" if path is not None else "dataset"
+        message = f"{field}: {message}"
+    return message if suite.source in message else f"{suite.source}: {message}"
 
 
 def _has_display() -> bool:
@@ -194,35 +340,55 @@ def _wide_console(**kwargs) -> Console:
 
 
 def _summary(results: dict) -> None:
+    rows = [r for r in results.get("detection", []) if r.get("population") == "successful"]
+    if not rows:  # an interrupted run before any detection: no empty table
+        return
     table = Table(title=f"detection ({results.get('suite')})")
     for column in ("detector", "interpreter", "attack", "source->target", "subset", "n adv", "TPR", "TNR", "AUROC"):
-        table.add_column(column)
-    for r in results.get("detection", []):
-        if r.get("population") != "successful":
-            continue
+        table.add_column(column, overflow="fold", no_wrap=False)  # wrap, never cut a name to 'contr...'
+    for r in rows:
         table.add_row(r["detector"], r.get("interpreter") or "-", r["attack"], f"{r['source']}->{r['target']}",
                       r["subset"], str(r.get("n_adversarial")), _fmt(r.get("tpr")), _fmt(r.get("tnr")),
                       _fmt(r.get("auroc")))
-    console.print(table)
+    _wide_console(stderr=True).print(table)
 
 
 @main.command()
 @click.argument("run_dir", type=click.Path(file_okay=False, path_type=Path))
 def report(run_dir: Path) -> None:
     """Re-render RUN_DIR/index.html from its results.json, computing nothing."""
-    if not (run_dir / "results.json").is_file():
+    results = run_dir / "results.json"
+    if not results.is_file():
         raise AdvbenchError(f"{run_dir}: no results.json here; give the folder of an advbench run")
+    try:
+        document = json.loads(results.read_bytes().decode("utf-8"))
+    except OSError as exc:
+        raise AdvbenchError(f"{results}: cannot read ({exc.strerror or exc})") from None
+    except UnicodeDecodeError as exc:
+        raise AdvbenchError(f"{results}: not UTF-8 text (byte {exc.start}); an advbench run writes UTF-8 JSON") from None
+    except ValueError as exc:
+        raise AdvbenchError(f"{results}: not valid JSON ({exc}); truncated or edited? rerun the suite to rewrite "
+                            "it") from None
+    if not isinstance(document, dict):
+        raise AdvbenchError(f"{results}: holds a JSON {type(document).__name__}, not the results object of a run")
     from advbench.report import render_report
 
-    click.echo(str(render_report(run_dir)))
+    try:
+        page = render_report(run_dir)
+    except (KeyError, TypeError, AttributeError, IndexError, ValueError) as exc:
+        raise AdvbenchError(f"{results}: not the results of an advbench run ({type(exc).__name__}: "
+                            f"{' '.join(str(exc).split())[:120]})") from None
+    except OSError as exc:
+        raise AdvbenchError(f"{run_dir}: cannot write index.html ({exc.strerror or exc})") from None
+    click.echo(str(page))
 
 
-@main.group()
+@main.group(cls=_CacheHelpGroup)
 def cache() -> None:
     """Show or clear stored artifacts (trained models, adversarial sets, scores)."""
 
 
-@cache.command("ls")
+@cache.command("ls", cls=_CacheHelpCommand)
 @click.option("--json", "as_json", is_flag=True)
 def cache_ls(as_json: bool) -> None:
     """List cache entries by stage; damaged entries are listed as such (cache clear removes them)."""
@@ -245,7 +411,7 @@ def cache_ls(as_json: bool) -> None:
     click.echo(f"{len(entries)} entries, {_size(sum(e.size for e in entries))}{note}")
 
 
-@cache.command("clear")
+@cache.command("clear", cls=_CacheHelpCommand)
 @click.option("--stage", default=None, help="Only entries of this stage (dataset-decode, victim, mask-classifier, "
               "metrics, interpreter, masks, adversarial, scores), and every damaged entry.")
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
