@@ -434,6 +434,22 @@ def cache_clear(stage: Optional[str], yes: bool) -> None:
     click.echo(f"removed {removed} entries" + (f" ({damaged} damaged)" if damaged else ""))
 
 
+@main.command()
+@click.option("--suite", "suite_files", multiple=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="Check this suite's data path instead of the shipped suites/*.yaml (repeatable).")
+def doctor(suite_files: tuple[Path, ...]) -> None:
+    """Check the environment: torch and torchvision, CUDA, the cache folder, the plugins, the data paths of the
+    shipped suites. One line per check; exit 0 when all is well, 1 when something needs fixing."""
+    from advbench.doctor import run_checks
+
+    checks = run_checks(list(suite_files) or None)
+    for check in checks:
+        click.echo(f"{'ok' if check.ok else 'PROBLEM':7} {check.name}: {check.message}")
+    problems = sum(1 for c in checks if not c.ok)
+    click.echo(f"{problems} problem(s) to fix" if problems else "all checks passed")
+    sys.exit(1 if problems else 0)
+
+
 def _when(timestamp: float) -> str:
     try:
         return datetime.fromtimestamp(timestamp).strftime("%Y-%m-%d %H:%M")
