@@ -180,7 +180,7 @@ class Suite:
     def with_overrides(self, overrides: list[str], origin: str = "--set") -> "Suite":
         raw = copy.deepcopy(self.raw)
         for item in overrides:
-            apply_override(raw, item, f"{self.source} ({origin} {item})")
+            apply_override(raw, item, f"{self.source} ({origin} {_clip(item)})")
         return Suite(self.source, raw)
 
     def sweep_grids(self) -> list[dict[str, list[Any]]]:
@@ -266,14 +266,19 @@ def load_suite(path: str | Path, overrides: Optional[list[str]] = None) -> Suite
     created: list[tuple[str, str]] = []  # (--set item, the field path it wrote or the entry it created)
     for item in overrides or []:
         created.append((item, _new_entry(raw, item)))
-        apply_override(raw, item, f"{source} (--set {item})")
+        apply_override(raw, item, f"{source} (--set {_clip(item)})")
     try:
         return Suite(source, raw)
     except SuiteError as exc:
         culprit = _override_for(exc.path, overrides or [], created)
         if culprit is None:
             raise
-        raise SuiteError(source, exc.path, f"{exc.message} (from --set {culprit})") from None
+        raise SuiteError(source, exc.path, f"{exc.message} (from --set {_clip(culprit)})") from None
+
+
+def _clip(item: str, limit: int = 80) -> str:
+    """A --set item as messages quote it: long values cut, so an error stays one readable line."""
+    return item if len(item) <= limit else item[: limit - 3] + "..."
 
 
 def safe_load_limited(text: str, source: str) -> Any:

@@ -117,3 +117,9 @@ def test_a_set_that_creates_an_unknown_entry_is_blamed_on_the_set():
     assert "attacks.fgsmx" in message and message.endswith("(from --set attacks.fgsmx.options.eps=0.1)")
     message = rejected(REPO / "suites" / "digits.yaml", "detectors.nope.plugin=contrastive-x")
     assert message.endswith("(from --set detectors.nope.plugin=contrastive-x)")
+
+
+def test_a_huge_value_is_quoted_cut_so_the_line_stays_readable():
+    """Found by tests/test_fuzz.py: a 5000-character value came back in full, twice (value and --set item)."""
+    message = rejected(REPO / "suites" / "digits.yaml", "dataset.plugin=" + "x" * 5000)
+    assert len(message) < 600 and "..." in message and "installed" in message and "(from --set " in message
