@@ -26,7 +26,6 @@ from advbench.errors import AdvbenchError, DataError
 
 console = Console(stderr=True)
 DEVICES = ("auto", "cpu", "cuda")
-CACHE_ENV = "ADVBENCH_CACHE"  # advbench.cache.CACHE_ENV, repeated so that --help does not import torch
 
 
 def fail(message: str) -> None:
@@ -69,12 +68,10 @@ class _Group(click.Group):
 
 def cache_location() -> str:
     """Where the cache lives, for --help (computed when shown, so it follows ADVBENCH_CACHE)."""
-    env = os.environ.get(CACHE_ENV)
-    if env:
-        return f"{Path(env).expanduser()} (from {CACHE_ENV})"
-    import platformdirs
+    from advbench.cache import CACHE_ENV, default_root  # cheap: the cache module imports torch only when used
 
-    return f"{platformdirs.user_cache_dir('advbench')} (set {CACHE_ENV} to use another folder)"
+    how = f"from {CACHE_ENV}" if os.environ.get(CACHE_ENV) else f"set {CACHE_ENV} to use another folder"
+    return f"{default_root()} ({how})"
 
 
 class _CacheHelp:
