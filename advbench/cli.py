@@ -1,11 +1,13 @@
-"""The ``advbench`` command: run, list-plugins, report, cache."""
+"""The ``advbench`` command: run, list-plugins, report, cache, doctor."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import shlex
+import signal
 import sys
 import webbrowser
 from datetime import datetime
@@ -32,12 +34,62 @@ def fail(message: str) -> None:
     sys.exit(2)
 
 
+class _UsageLine(click.ClickException):
+    """A click usage error shown as one line (click's own is four: usage, hint, blank, error)."""
+
+    exit_code = 2
+
+    def show(self, file=None) -> None:
+        click.echo(f"advbench: error: {' '.join(self.format_message().split())}", err=True)
+
+
+def _one_line_usage(exc: click.UsageError) -> click.ClickException:
+    if type(exc).__name__ == "NoArgsIsHelpError":  # `advbench` alone prints the help: keep it
+        return exc
+    where = exc.ctx.command_path if exc.ctx is not None else "advbench"
+    return _UsageLine(f"{where}: {exc.format_message()} (see {where} --help)")
+
+
 class _Group(click.Group):
+    def make_context(self, info_name, args, parent=None, **extra):
+        try:
+            return super().make_context(info_name, args, parent=parent, **extra)
+        except click.UsageError as exc:
+            raise _one_line_usage(exc) from None
+
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
         except AdvbenchError as exc:
             fail(str(exc))
+        except click.UsageError as exc:
+            raise _one_line_usage(exc) from None
+
+
+def cache_location() -> str:
+    """Where the cache lives, for --help (computed when shown, so it follows ADVBENCH_CACHE)."""
+    from advbench.cache import CACHE_ENV, default_root  # cheap: the cache module imports torch only when used
+
+    how = f"from {CACHE_ENV}" if os.environ.get(CACHE_ENV) else f"set {CACHE_ENV} to use another folder"
+    return f"{default_root()} ({how})"
+
+
+class _CacheHelp:
+    """Adds 'Cache: <where>' to a command's --help."""
+
+    def format_epilog(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        super().format_epilog(ctx, formatter)  # type: ignore[misc]
+        formatter.write_paragraph()
+        formatter.write_text(f"Cache: {cache_location()}. Every stage's artifacts (trained models, masks, "
+                             "adversarial sets, scores) are stored there and reused.")
+
+
+class _CacheHelpCommand(_CacheHelp, click.Command):
+    pass
+
+
+class _CacheHelpGroup(_CacheHelp, click.Group):
+    pass
 
 
 @click.group(cls=_Group)
@@ -94,12 +146,46 @@ def _progress_events(progress: Progress):
     return on_event
 
 
-@main.command()
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (timeout, kill, a scheduler, CI cancellation): handled like Ctrl-C, with the signal's exit status."""
+
+
+@contextlib.contextmanager
+def _signals():
+    """SIGINT and SIGTERM raise a KeyboardInterrupt (so run_suite writes partial results); a second one exits at
+    once with 128 + its number. A signal the run inherited as ignored (a background job) stays ignored."""
+    received: list[int] = []
+
+    def handler(signum, frame):
+        if received:  # impatient: leave now, without the page
+            click.echo(f"advbench: {signal.Signals(signum).name} again: stopping now", err=True)
+            raise SystemExit(128 + signum)
+        received.append(signum)
+        raise KeyboardInterrupt() if signum == signal.SIGINT else Terminated()
+
+    previous = {}
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        current = signal.getsignal(signum)
+        if current is signal.SIG_IGN:
+            continue
+        try:
+            previous[signum] = signal.signal(signum, handler)
+        except ValueError:  # not the main thread (an embedding program): leave signals alone
+            pass
+    try:
+        yield received
+    finally:
+        if not received:  # after a signal, keep ours to the end: a late second one still exits 128 + n
+            for signum, old in previous.items():
+                signal.signal(signum, old)
+
+
+@main.command(cls=_CacheHelpCommand)
 @click.argument("suite_file", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--device", type=click.Choice(DEVICES), default=None,
               help="auto uses CUDA when present (default: the suite's device field).")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Run folder (default: reports/<suite>-<time>/).")
+              help="Run folder (default: a new reports/<suite>-<time>/).")
 @click.option("--limit", type=click.IntRange(min=1), default=None,
               help="Cap the evaluation and detector-fitting test images at N each.")
 @click.option("--seed", type=click.IntRange(min=0), default=None, help="Override the suite's seed.")
@@ -116,10 +202,34 @@ def _progress_events(progress: Progress):
 def run(suite_file: Path, device: Optional[str], out_dir: Optional[Path], limit: Optional[int], seed: Optional[int],
         overrides: tuple[str, ...], open_report: bool, no_report: bool, executor_name: Optional[str],
         threads: Optional[int]) -> None:
-    """Run the grid SUITE_FILE describes and write results.json, CSV tables and index.html."""
+    """Run the grid SUITE_FILE describes and write results.json, CSV tables and index.html.
 
+    Ctrl-C or SIGTERM stops the run, keeps what was computed (results.json with complete: false, and the
+    page) and exits with 130 or 143; running the same command again resumes from the cache.
+    """
+    state: dict[str, Path] = {}
+    with _signals() as received:
+        try:
+            _run(suite_file, device, out_dir, limit, seed, overrides, open_report, no_report, executor_name, threads,
+                 received, state)
+        except KeyboardInterrupt:  # before run_suite wrote results, or while the page was drawn
+            status = 128 + (received[0] if received else signal.SIGINT)
+            run_dir = state.get("run_dir")
+            if run_dir is not None and (run_dir / "results.json").is_file():
+                click.echo(f"advbench: interrupted; results so far in {run_dir}; run the same command to resume "
+                           "from the cache", err=True)
+            else:
+                click.echo("advbench: interrupted before anything was computed; nothing to keep", err=True)
+            sys.exit(status)
+
+
+def _run(suite_file: Path, device: Optional[str], out_dir: Optional[Path], limit: Optional[int], seed: Optional[int],
+         overrides: tuple[str, ...], open_report: bool, no_report: bool, executor_name: Optional[str],
+         threads: Optional[int], received: list[int], state: dict[str, Path]) -> None:
     from advbench.cache import Cache
-    from advbench.runner import resolve_device, run_suite
+    from advbench.devices import resolve_device
+    from advbench.rundir import new_run_dir, writable_out
+    from advbench.runner import run_suite
     from advbench.suite import load_suite
 
     extra = list(overrides)
@@ -128,14 +238,20 @@ def run(suite_file: Path, device: Optional[str], out_dir: Optional[Path], limit:
     if seed is not None:
         extra.append(f"seed={seed}")
     suite = load_suite(suite_file, extra)
-    chosen = resolve_device(device or suite.spec.device)
-    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    run_dir = out_dir or Path("reports") / f"{suite.name}-{stamp}"
-    run_dir.mkdir(parents=True, exist_ok=True)
+    chosen = resolve_device(device, "--device") if device else resolve_device(suite.spec.device,
+                                                                              f"{suite.source}: device")
+    if out_dir is not None:
+        run_dir = writable_out(out_dir)
+    else:
+        run_dir = new_run_dir(Path("reports"), suite.name, datetime.now().strftime("%Y%m%d-%H%M%S"))
+    state["run_dir"] = run_dir
     # the thread count changes float reductions and so trained weights: it is part of what repeats a run
     omp_prefix = f"OMP_NUM_THREADS={shlex.quote(os.environ['OMP_NUM_THREADS'])} " if os.environ.get("OMP_NUM_THREADS") else ""
     command = omp_prefix + "advbench " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-    _configure_logging(run_dir)
+    try:
+        _configure_logging(run_dir)
+    except OSError as exc:
+        raise AdvbenchError(f"--out {run_dir}: cannot write run.log there ({exc.strerror or exc})") from None
     cache = Cache()
     banner = f"advbench {__version__}: suite {suite.name} on {chosen}, run folder {run_dir}, cache {cache.root}"
     logging.getLogger("advbench").info(banner)
@@ -151,12 +267,21 @@ def run(suite_file: Path, device: Optional[str], out_dir: Optional[Path], limit:
         with progress:
             results = run_suite(suite, run_dir, device or suite.spec.device, cache, limit=limit,
                                 on_event=_progress_events(progress), command=command, threads=threads)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         interrupted = True
-        results = json.loads((run_dir / "results.json").read_text())
-    except DataError as exc:  # raised by a dataset plugin at load time: say which suite file to fix
-        message = str(exc)
-        raise DataError(message if suite.source in message else f"{suite.source}: {message}") from None
+        name = "SIGTERM" if isinstance(exc, Terminated) else "SIGINT (Ctrl-C)"
+        results = _read_results(run_dir)
+        # run.log only: the screen gets one 'interrupted' line below
+        logging.getLogger("advbench").info("%s: stopped; %s", name, f"partial results in {run_dir}"
+                                           if results is not None else "nothing computed yet")
+        if results is None:
+            raise  # nothing written yet: the caller says so in one line
+    except DataError as exc:  # raised by a dataset plugin at load time: say which suite file and field to fix
+        raise DataError(_data_message(str(exc), suite)) from None
+    except OSError as exc:  # the run folder stopped being writable (disk full, removed, permissions)
+        if exc.filename and str(run_dir) in str(exc.filename):
+            raise AdvbenchError(f"--out {run_dir}: cannot write {exc.filename} ({exc.strerror or exc})") from None
+        raise
     page = None
     if not no_report:
         from advbench.report import render_report
@@ -164,13 +289,31 @@ def run(suite_file: Path, device: Optional[str], out_dir: Optional[Path], limit:
         page = render_report(run_dir)
     _summary(results)
     if interrupted:
-        console.print(f"[yellow]interrupted[/]: partial results in {run_dir}; run the same command to resume "
-                      "from the cache")
-        sys.exit(130)
+        console.print(f"[yellow]interrupted[/]: partial results in {escape(str(run_dir))}; run the same command to "
+                      "resume from the cache", soft_wrap=True)
+        sys.exit(128 + (received[0] if received else signal.SIGINT))
     where = page or run_dir / "results.json"
     if open_report and page is not None and _has_display():
         webbrowser.open(page.resolve().as_uri())
     click.echo(str(where))
+
+
+def _read_results(run_dir: Path) -> Optional[dict]:
+    """The run folder's results.json, or None when it is not there (yet) or not readable."""
+    try:
+        return json.loads((run_dir / "results.json").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _data_message(message: str, suite) -> str:
+    """A dataset plugin's message, prefixed with the suite file and the field that names the data."""
+    options = (suite.raw.get("dataset") or {}).get("options") if isinstance(suite.raw.get("dataset"), dict) else None
+    path = options.get("path") if isinstance(options, dict) else None
+    if "dataset." not in message:
+        field = "dataset.options.path" if path is not None else "dataset"
+        message = f"{field}: {message}"
+    return message if suite.source in message else f"{suite.source}: {message}"
 
 
 def _has_display() -> bool:
@@ -193,17 +336,26 @@ def _fmt(value) -> str:
     return "-" if value is None else f"{value:.3f}" if isinstance(value, float) else str(value)
 
 
+def _wide_console(**kwargs) -> Console:
+    """Piped (grep, a file) and no COLUMNS: 120 columns, not rich's 80, so names fold less."""
+    out = Console(**kwargs)
+    if not out.is_terminal and not os.environ.get("COLUMNS"):
+        out = Console(width=120, **kwargs)
+    return out
+
+
 def _summary(results: dict) -> None:
+    rows = [r for r in results.get("detection", []) if r.get("population") == "successful"]
+    if not rows:  # an interrupted run before any detection: no empty table
+        return
     table = Table(title=f"detection ({results.get('suite')})")
     for column in ("detector", "interpreter", "attack", "source->target", "subset", "n adv", "TPR", "TNR", "AUROC"):
-        table.add_column(column)
-    for r in results.get("detection", []):
-        if r.get("population") != "successful":
-            continue
+        table.add_column(column, overflow="fold", no_wrap=False)  # wrap, never cut a name to 'contr...'
+    for r in rows:
         table.add_row(r["detector"], r.get("interpreter") or "-", r["attack"], f"{r['source']}->{r['target']}",
                       r["subset"], str(r.get("n_adversarial")), _fmt(r.get("tpr")), _fmt(r.get("tnr")),
                       _fmt(r.get("auroc")))
-    console.print(table)
+    _wide_console(stderr=True).print(table)
 
 
 @main.command("plan")
@@ -255,22 +407,41 @@ def plan_command(suite_file: Path, limit: Optional[int], seed: Optional[int], ov
 @click.argument("run_dir", type=click.Path(file_okay=False, path_type=Path))
 def report(run_dir: Path) -> None:
     """Re-render RUN_DIR/index.html from its results.json, computing nothing."""
-    if not (run_dir / "results.json").is_file():
+    results = run_dir / "results.json"
+    if not results.is_file():
         raise AdvbenchError(f"{run_dir}: no results.json here; give the folder of an advbench run")
+    try:
+        document = json.loads(results.read_bytes().decode("utf-8"))
+    except OSError as exc:
+        raise AdvbenchError(f"{results}: cannot read ({exc.strerror or exc})") from None
+    except UnicodeDecodeError as exc:
+        raise AdvbenchError(f"{results}: not UTF-8 text (byte {exc.start}); an advbench run writes UTF-8 JSON") from None
+    except ValueError as exc:
+        raise AdvbenchError(f"{results}: not valid JSON ({exc}); truncated or edited? rerun the suite to rewrite "
+                            "it") from None
+    if not isinstance(document, dict):
+        raise AdvbenchError(f"{results}: holds a JSON {type(document).__name__}, not the results object of a run")
     from advbench.report import render_report
 
-    click.echo(str(render_report(run_dir)))
+    try:
+        page = render_report(run_dir)
+    except (KeyError, TypeError, AttributeError, IndexError, ValueError) as exc:
+        raise AdvbenchError(f"{results}: not the results of an advbench run ({type(exc).__name__}: "
+                            f"{' '.join(str(exc).split())[:120]})") from None
+    except OSError as exc:
+        raise AdvbenchError(f"{run_dir}: cannot write index.html ({exc.strerror or exc})") from None
+    click.echo(str(page))
 
 
-@main.group()
+@main.group(cls=_CacheHelpGroup)
 def cache() -> None:
     """Show or clear stored artifacts (trained models, adversarial sets, scores)."""
 
 
-@cache.command("ls")
+@cache.command("ls", cls=_CacheHelpCommand)
 @click.option("--json", "as_json", is_flag=True)
 def cache_ls(as_json: bool) -> None:
-    """List cache entries by stage."""
+    """List cache entries by stage; damaged entries are listed as such (cache clear removes them)."""
     from advbench.cache import Cache
 
     store = Cache()
@@ -280,26 +451,60 @@ def cache_ls(as_json: bool) -> None:
         return
     table = Table(title=f"cache {store.root}")
     for column in ("key", "stage", "size", "created", "description"):
-        table.add_column(column)
+        table.add_column(column, overflow="fold", no_wrap=False)  # the stage is what `cache clear --stage` takes
     for e in sorted(entries, key=lambda e: e.created):
-        table.add_row(e.key[:12], e.stage, _size(e.size), datetime.fromtimestamp(e.created).strftime("%Y-%m-%d %H:%M"),
-                      e.description)
-    Console().print(table)
-    click.echo(f"{len(entries)} entries, {_size(sum(e.size for e in entries))}")
+        table.add_row(e.key[:12], e.stage or "-", _size(e.size), _when(e.created),
+                      f"DAMAGED: {e.problem}" if e.problem else e.description)
+    _wide_console().print(table)
+    damaged = sum(1 for e in entries if e.problem)
+    note = f"; {damaged} damaged (advbench cache clear --yes removes them)" if damaged else ""
+    click.echo(f"{len(entries)} entries, {_size(sum(e.size for e in entries))}{note}")
 
 
-@cache.command("clear")
-@click.option("--stage", default=None, help="Only entries of this stage (victim, adversarial, scores, ...).")
+@cache.command("clear", cls=_CacheHelpCommand)
+@click.option("--stage", default=None, help="Only entries of this stage (dataset-decode, victim, mask-classifier, "
+              "metrics, interpreter, masks, adversarial, scores), and every damaged entry.")
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
 def cache_clear(stage: Optional[str], yes: bool) -> None:
     """Remove cache entries."""
-    from advbench.cache import Cache
+    from advbench.cache import STAGES, Cache
 
     store = Cache()
+    entries = store.entries()
+    if stage is not None:
+        present = sorted({e.stage for e in entries if e.stage})
+        if stage not in STAGES and stage not in present:
+            raise AdvbenchError(f"cache clear --stage {stage!r}: no such stage; stages: {', '.join(STAGES)}"
+                                + (f" (in this cache: {', '.join(present)})" if present else " (this cache is empty)"))
     what = f"{stage} entries" if stage else "every entry"
     if not yes and not click.confirm(f"remove {what} under {store.root}?", default=False):
         return
-    click.echo(f"removed {store.clear(stage)} entries")
+    damaged = sum(1 for e in entries if e.problem)
+    removed = store.clear(stage)
+    click.echo(f"removed {removed} entries" + (f" ({damaged} damaged)" if damaged else ""))
+
+
+@main.command()
+@click.option("--suite", "suite_files", multiple=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="Check this suite's data path instead of the shipped suites/*.yaml (repeatable).")
+def doctor(suite_files: tuple[Path, ...]) -> None:
+    """Check the environment: torch and torchvision, CUDA, the cache folder, the plugins, the data paths of the
+    shipped suites. One line per check; exit 0 when all is well, 1 when something needs fixing."""
+    from advbench.doctor import run_checks
+
+    checks = run_checks(list(suite_files) or None)
+    for check in checks:
+        click.echo(f"{'ok' if check.ok else 'PROBLEM':7} {check.name}: {check.message}")
+    problems = sum(1 for c in checks if not c.ok)
+    click.echo(f"{problems} problem(s) to fix" if problems else "all checks passed")
+    sys.exit(1 if problems else 0)
+
+
+def _when(timestamp: float) -> str:
+    try:
+        return datetime.fromtimestamp(timestamp).strftime("%Y-%m-%d %H:%M")
+    except (OverflowError, OSError, ValueError):
+        return "?"
 
 
 def _size(n: int) -> str:

@@ -26,7 +26,8 @@ from advbench import metrics, plugins
 from advbench.cache import Cache
 from advbench.outputs import write_outputs
 from advbench.plan import Node, Plan, Point, Settings, build_plan, data_node
-from advbench.stages import InputMissing, load_dataset, resolve_device, run_node, subset_indices  # noqa: F401 (resolve_device: the CLI)
+from advbench.devices import resolve_device
+from advbench.stages import InputMissing, load_dataset, run_node, subset_indices
 from advbench.suite import Suite
 
 log = logging.getLogger("advbench.run")
@@ -321,7 +322,7 @@ def run_suite(suite: Suite, run_dir: Path, device: Any, cache: Cache, limit: Opt
     on_event = on_event or (lambda event: None)
     run_dir.mkdir(parents=True, exist_ok=True)
     requested = device.type if isinstance(device, torch.device) else str(device)
-    local_device = resolve_device(requested)
+    local_device = resolve_device(requested, "device")
     started = datetime.now(timezone.utc)
     t0 = time.perf_counter()
     if executor is None:

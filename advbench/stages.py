@@ -24,6 +24,7 @@ from torch import nn
 from advbench import plugins
 from advbench.api import DataSplits, DetectorEnv, RunContext
 from advbench.cache import Cache
+from advbench.devices import resolve_device
 from advbench.errors import AdvbenchError
 from advbench.plan import Node, Settings
 
@@ -39,14 +40,6 @@ class InputMissing(Exception):
 
 
 # ---------------------------------------------------------------------- the worker's context
-
-
-def resolve_device(requested: str) -> torch.device:
-    if requested == "cuda" and not torch.cuda.is_available():
-        raise AdvbenchError("--device cuda: CUDA is not available on this machine; allowed here: auto, cpu")
-    if requested in ("auto", "cuda") and torch.cuda.is_available():
-        return torch.device("cuda")
-    return torch.device("cpu")
 
 
 @contextlib.contextmanager
@@ -66,7 +59,7 @@ class Worker:
         self.node = node
         self.settings: Settings = node.settings
         self.cache = _cache(self.settings.cache_root)
-        self.device = resolve_device(self.settings.device)
+        self.device = resolve_device(self.settings.device, "device")
         self.emit = emit
         self._tasks = 0
 
@@ -504,7 +497,7 @@ def run_node(node: Node, emit: Optional[Callable[[dict], None]] = None) -> dict[
     started = time.time()
     start = time.perf_counter()
     log.info("%s %s: start (key %s)", record_stage(node), node.label, node.key[:12])
-    with worker.cache.lock(node.key) if hasattr(worker.cache, "lock") else contextlib.nullcontext():
+    with worker.cache.lock(node.key):  # a second run on the same cache waits here, then reuses the entry
         cached = worker.cache.contains(node.key) and worker.cache.load(node.key) is not None
         if not cached:
             payload = STAGES[node.stage](node, worker)

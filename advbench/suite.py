@@ -20,6 +20,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from advbench import plugins
 from advbench.errors import SuiteError
 
+# Size limits on a suite (the shipped ones: under 4 KiB, about 330 nodes, 4 levels deep). They stop a file, or
+# YAML aliases that expand a small file many times over (billion laughs), from exhausting memory or the stack.
+MAX_SUITE_BYTES = 256 * 1024
+MAX_NODES = 20_000  # YAML nodes after every alias is expanded
+MAX_DEPTH = 24  # nesting levels of mappings and sequences, aliases expanded
+NAME_MAX = 100
+
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -73,6 +80,18 @@ class SuiteSpec(_Strict):
     # time around the suite's own setting); a point two grids share runs once
     sweep: Union[dict[str, list[Any]], list[dict[str, list[Any]]]] = Field(default_factory=dict)
     paper_reference: Optional[dict[str, Any]] = Field(None, description="the paper's own numbers, shown beside ours")
+
+    @field_validator("name")
+    @classmethod
+    def _printable_name(cls, value: Optional[str]) -> Optional[str]:
+        if value is None:
+            return value
+        if any(ord(c) < 32 or ord(c) == 127 for c in value):
+            raise ValueError("a control character (NUL, newline or another) is not allowed; allowed: printable text, up "
+                             f"to {NAME_MAX} characters")
+        if len(value) > NAME_MAX:
+            raise ValueError(f"{len(value)} characters; allowed: up to {NAME_MAX}")
+        return value
 
     @field_validator("sweep", mode="before")
     @classmethod
@@ -161,7 +180,7 @@ class Suite:
     def with_overrides(self, overrides: list[str], origin: str = "--set") -> "Suite":
         raw = copy.deepcopy(self.raw)
         for item in overrides:
-            apply_override(raw, item, f"{self.source} ({origin} {item})")
+            apply_override(raw, item, f"{self.source} ({origin} {_clip(item)})")
         return Suite(self.source, raw)
 
     def sweep_grids(self) -> list[dict[str, list[Any]]]:
@@ -226,36 +245,139 @@ class Suite:
 def load_suite(path: str | Path, overrides: Optional[list[str]] = None) -> Suite:
     source = str(path)
     try:
-        text = Path(path).read_text()
+        with open(path, "rb") as handle:
+            data = handle.read(MAX_SUITE_BYTES + 1)
     except FileNotFoundError:
         raise SuiteError(source, "", "no such suite file") from None
+    except IsADirectoryError:
+        raise SuiteError(source, "", "a folder, not a suite file") from None
     except OSError as exc:
         raise SuiteError(source, "", f"cannot read: {exc.strerror}") from None
+    if len(data) > MAX_SUITE_BYTES:
+        raise SuiteError(source, "", f"larger than {MAX_SUITE_BYTES // 1024} KiB; allowed: a suite up to "
+                         f"{MAX_SUITE_BYTES // 1024} KiB")
     try:
-        raw = yaml.safe_load(text)
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise SuiteError(source, "", f"not UTF-8 text (byte {exc.start}); save the suite as UTF-8") from None
+    raw = safe_load_limited(text, source)
+    if not isinstance(raw, dict):
+        raise SuiteError(source, "", f"a suite must be a mapping of fields, found {type(raw).__name__}")
+    created: list[tuple[str, str]] = []  # (--set item, the field path it wrote or the entry it created)
+    for item in overrides or []:
+        created.append((item, _new_entry(raw, item)))
+        apply_override(raw, item, f"{source} (--set {_clip(item)})")
+    try:
+        return Suite(source, raw)
+    except SuiteError as exc:
+        culprit = _override_for(exc.path, overrides or [], created)
+        if culprit is None:
+            raise
+        raise SuiteError(source, exc.path, f"{exc.message} (from --set {_clip(culprit)})") from None
+
+
+def _clip(item: str, limit: int = 80) -> str:
+    """A --set item as messages quote it: long values cut, so an error stays one readable line."""
+    return item if len(item) <= limit else item[: limit - 3] + "..."
+
+
+def safe_load_limited(text: str, source: str) -> Any:
+    """``yaml.safe_load(text)`` within the size limits: nesting (checked on the event stream, before anything
+    recursive runs), and the node count and depth with aliases expanded (counted on the composed graph, where an
+    alias is a shared node, so a billion-laughs file is measured without being expanded). One SuiteError line."""
+    try:
+        depth = 0
+        for event in yaml.parse(text, Loader=yaml.SafeLoader):
+            if isinstance(event, (yaml.MappingStartEvent, yaml.SequenceStartEvent)):
+                depth += 1
+                if depth > MAX_DEPTH:
+                    line = event.start_mark.line + 1 if event.start_mark else "?"
+                    raise SuiteError(source, "", f"nested deeper than {MAX_DEPTH} levels (line {line}); allowed: "
+                                     f"at most {MAX_DEPTH}")
+            elif isinstance(event, (yaml.MappingEndEvent, yaml.SequenceEndEvent)):
+                depth -= 1
+        loader = yaml.SafeLoader(text)
+        try:
+            node = loader.get_single_node()
+            if node is None:
+                return None
+            _check_expansion(node, source)
+            return loader.construct_document(node)
+        finally:
+            loader.dispose()
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise SuiteError(source, "", f"malformed YAML: {where}{problem}") from None
-    if not isinstance(raw, dict):
-        raise SuiteError(source, "", f"a suite must be a mapping of fields, found {type(raw).__name__}")
-    for item in overrides or []:
-        apply_override(raw, item, f"{source} (--set {item})")
-    try:
-        return Suite(source, raw)
-    except SuiteError as exc:
-        culprit = _override_for(exc.path, overrides or [])
-        if culprit is None:
-            raise
-        raise SuiteError(source, exc.path, f"{exc.message} (from --set {culprit})") from None
+    except (ValueError, OverflowError, RecursionError) as exc:  # e.g. a timestamp out of range
+        raise SuiteError(source, "", f"malformed YAML: {type(exc).__name__}: {' '.join(str(exc).split())[:100]}") \
+            from None
 
 
-def _override_for(path: str, overrides: list[str]) -> Optional[str]:
-    """The --set item that wrote ``path`` (or a field above or below it), so an error points at it, not the file."""
+def _check_expansion(root: yaml.Node, source: str) -> None:
+    """Count nodes and depth of ``root`` as if every alias were expanded, in time linear in the composed graph."""
+    size: dict[int, int] = {}
+    depth: dict[int, int] = {}
+    active: set[int] = set()
+
+    def children(node: yaml.Node) -> list[yaml.Node]:
+        if isinstance(node, yaml.MappingNode):
+            return [n for pair in node.value for n in pair]
+        if isinstance(node, yaml.SequenceNode):
+            return list(node.value)
+        return []
+
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, done = stack.pop()
+        ident = id(node)
+        if done:
+            kids = children(node)
+            size[ident] = 1 + sum(size[id(k)] for k in kids)
+            depth[ident] = (1 if kids or not isinstance(node, yaml.ScalarNode) else 0) + max(
+                (depth[id(k)] for k in kids), default=0)
+            active.discard(ident)
+            if size[ident] > MAX_NODES:
+                raise SuiteError(source, "", f"expands to more than {MAX_NODES} YAML nodes (aliases expanded); "
+                                 f"allowed: at most {MAX_NODES}")
+            if depth[ident] > MAX_DEPTH:
+                raise SuiteError(source, "", f"nested deeper than {MAX_DEPTH} levels once aliases are expanded; "
+                                 f"allowed: at most {MAX_DEPTH}")
+            continue
+        if ident in size:
+            continue
+        if ident in active:
+            raise SuiteError(source, "", "a YAML alias refers to a node that contains it (recursive); not allowed")
+        active.add(ident)
+        stack.append((node, True))
+        stack.extend((k, False) for k in children(node) if id(k) not in size)
+
+
+def _new_entry(raw: dict[str, Any], item: str) -> str:
+    """The field path an override will write, cut after the first part the suite does not have yet: an error
+    anywhere in an entry the override created (``attacks.fgsmx``) is that override's fault."""
+    parts = _expand_shorthand([p for p in item.partition("=")[0].strip().split(".") if p])
+    node: Any = raw
+    for i, part in enumerate(parts):
+        if isinstance(node, dict) and part in node:
+            node = node[part]
+        elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
+            node = node[int(part)]
+        else:
+            return ".".join(parts[: i + 1])
+    return ".".join(parts)
+
+
+def _override_for(path: str, overrides: list[str], created: Optional[list[tuple[str, str]]] = None) -> Optional[str]:
+    """The --set item that wrote ``path`` (or a field above or below it, or created the entry that holds it), so
+    an error points at it, not the file."""
     for item in reversed(overrides):
         target = ".".join(_expand_shorthand([p for p in item.partition("=")[0].strip().split(".") if p]))
         if path and target and (path == target or path.startswith(target + ".") or target.startswith(path + ".")):
+            return item
+    for item, new in reversed(created or []):
+        if path and new and (path == new or path.startswith(new + ".")):
             return item
     return None
 
@@ -265,8 +387,10 @@ def apply_override(raw: dict[str, Any], item: str, source: str) -> None:
         raise SuiteError(source, "", "an override must read path.to.field=value")
     path, _, text = item.partition("=")
     try:
-        value = yaml.safe_load(text) if text.strip() else ""
-    except yaml.YAMLError:
+        value = safe_load_limited(text, source) if text.strip() else ""
+    except SuiteError as exc:
+        if not exc.message.startswith("malformed YAML"):
+            raise  # a size limit: not something to take as a plain string
         value = text
     set_path(raw, path.strip(), value, source)
 

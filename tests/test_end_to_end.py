@@ -168,8 +168,11 @@ def test_interrupted_run_keeps_and_reports_what_it_computed(tmp_path):
     cache = tmp_path / "cache"
     out = tmp_path / "interrupted"
     env = {**os.environ, "ADVBENCH_CACHE": str(cache)}
+    # a background job inherits SIGINT ignored: the child restores the default itself, so the test does not
+    # depend on how pytest was launched
     proc = subprocess.Popen([sys.executable, "-m", "advbench.cli", "run", "suites/digits.yaml", "--out", str(out)],
-                            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 600
     # the first masks are computed once the victim is trained and its accuracy recorded
     while time.time() < deadline and proc.poll() is None:
