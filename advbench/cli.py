@@ -281,6 +281,10 @@ def _run(suite_file: Path, device: Optional[str], out_dir: Optional[Path], limit
     except OSError as exc:  # the run folder stopped being writable (disk full, removed, permissions)
         if exc.filename and str(run_dir) in str(exc.filename):
             raise AdvbenchError(f"--out {run_dir}: cannot write {exc.filename} ({exc.strerror or exc})") from None
+        _page_after_failure(run_dir, no_report)
+        raise
+    except Exception:  # a stage failed: run_suite wrote what was computed; the page shows it, then the error
+        _page_after_failure(run_dir, no_report)
         raise
     page = None
     if not no_report:
@@ -296,6 +300,19 @@ def _run(suite_file: Path, device: Optional[str], out_dir: Optional[Path], limit
     if open_report and page is not None and _has_display():
         webbrowser.open(page.resolve().as_uri())
     click.echo(str(where))
+
+
+def _page_after_failure(run_dir: Path, no_report: bool) -> None:
+    """index.html for a run that failed after writing results.json (complete: false), so what was computed can
+    be read; a page that cannot be drawn must not hide the run's own error."""
+    if no_report or _read_results(run_dir) is None:
+        return
+    try:
+        from advbench.report import render_report
+
+        render_report(run_dir)
+    except Exception as exc:  # noqa: BLE001 - the run's error is the one to report
+        logging.getLogger("advbench").warning("no page for the failed run: %s", exc)
 
 
 def _read_results(run_dir: Path) -> Optional[dict]:

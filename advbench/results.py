@@ -195,6 +195,7 @@ class Results(Row):
                                             "written before the field existed")
     suite: str
     suite_file: Optional[str] = None
+    description: Optional[str] = None
     command: Optional[str] = None
     advbench_version: str
     seed: int

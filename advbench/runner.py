@@ -333,7 +333,8 @@ def run_suite(suite: Suite, run_dir: Path, device: Any, cache: Cache, limit: Opt
     settings = Settings(cache_root=str(cache.root), device=requested, batch_size=suite.spec.batch_size,
                         seed=suite.spec.seed, threads=threads)
     results: dict[str, Any] = {
-        "suite": suite.name, "suite_file": suite.source, "command": command, "advbench_version": advbench.__version__,
+        "suite": suite.name, "suite_file": suite.source, "description": suite.spec.description or None,
+        "command": command, "advbench_version": advbench.__version__,
         "seed": suite.spec.seed, "device": str(local_device), "torch_version": torch.__version__,
         "python_version": platform.python_version(), "started": started.isoformat(timespec="seconds"),
         "git_commit": _git_commit(run_dir), "host": {"cpus": os.cpu_count(), "torch_threads": threads,

@@ -57,7 +57,7 @@ def fake_run(monkeypatch):
     """run_suite replaced by one that only writes a minimal results.json: the CLI's own work, in milliseconds."""
     seen = []
 
-    def run_suite(suite, run_dir, device, cache, limit=None, progress=None, command=""):
+    def run_suite(suite, run_dir, device, cache, limit=None, on_event=None, command="", threads=None):
         seen.append(run_dir)
         results = {"suite": suite.name, "detection": [], "complete": True}
         (run_dir / "results.json").write_text(json.dumps(results))
