@@ -1,6 +1,6 @@
 """One CIFAR-10 attack stage (PGD on alexnet, several 256-image chunks) run by the local executor and by Ray.
 
-    python benchmarks/bench_executor.py [--images 768] [--steps 10]
+    python benchmarks/bench_executor.py [--images 1024] [--steps 100]
 
 The victim is trained once (a small alexnet on 2,000 training images of the CIFAR-10 JPEG export, read
 through the project's own loader) into a private cache; then the attack's chunk nodes are computed from cold
@@ -70,8 +70,8 @@ def max_concurrent(records: list[dict]) -> int:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--images", type=int, default=768, help="attacked images (256 per chunk node)")
-    parser.add_argument("--steps", type=int, default=50, help="PGD steps")
+    parser.add_argument("--images", type=int, default=1024, help="attacked images (256 per chunk node)")
+    parser.add_argument("--steps", type=int, default=100, help="PGD steps")
     args = parser.parse_args()
     if not CIFAR_TAR.exists():
         sys.exit(f"bench_executor: the CIFAR-10 export is not at {CIFAR_TAR}")

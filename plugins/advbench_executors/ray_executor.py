@@ -42,6 +42,8 @@ class RayExecutor(api.Executor):
         num_cpus: Optional[int] = Field(None, ge=1)
         max_retries: int = Field(3, ge=0)
         include_dashboard: bool = False
+        warm_workers: bool = Field(True, description="start one worker per slot and import torch there when "
+                                                     "the executor opens, not in the first stage")
 
     POLL_SECONDS = 0.1  # how often wait drains progress events while nodes run
 
@@ -79,6 +81,11 @@ class RayExecutor(api.Executor):
         self._ray = ray
         self._events = Queue(actor_options={"num_cpus": 0})
         self._remote = ray.remote(_run_node)
+        if self.options.warm_workers:
+            # start one worker per slot and import the harness (torch) there now, as part of Ray's start-up,
+            # so the first stage on each worker does not pay it while the others wait
+            warm = ray.remote(_warm)
+            ray.get([warm.options(num_cpus=1).remote(0.2) for _ in range(self.slots)])
 
     def submit(self, fn: Callable[[Any, Callable[[dict], None]], dict], node: Any) -> None:
         if self._ray is None:
@@ -168,6 +175,13 @@ class RayExecutor(api.Executor):
 def _run_node(fn: Callable[[Any, Callable[[dict], None]], dict], node: Any, events: Any) -> dict:
     """The Ray task: the queue's handle is the ``emit`` (``Queue.put`` blocks until the event is queued)."""
     return fn(node, events.put)
+
+
+def _warm(seconds: float) -> int:
+    import advbench.stages  # noqa: F401 - torch and the plugins' registry, imported once per worker
+
+    time.sleep(seconds)  # hold the worker so the next warm-up task lands on another one
+    return os.getpid()
 
 
 def _cache_visible(cache_root: str) -> tuple[bool, str]:
