@@ -381,23 +381,28 @@ def _summary(results: dict) -> None:
               help="Cap the evaluation and detector-fitting test images at N each (as `run --limit`).")
 @click.option("--seed", type=click.IntRange(min=0), default=None, help="Override the suite's seed.")
 @click.option("--set", "overrides", multiple=True, metavar="PATH=VALUE", help="Override a suite field (repeatable).")
+@click.option("--device", type=click.Choice(DEVICES), default=None, help="As `run --device`.")
+@click.option("--executor", "executor_name", default=None, metavar="NAME", help="As `run --executor`.")
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="As `run --threads`.")
 @click.option("--json", "as_json", is_flag=True, help="Print the nodes as a JSON list.")
 def plan_command(suite_file: Path, limit: Optional[int], seed: Optional[int], overrides: tuple[str, ...],
-                 as_json: bool) -> None:
+                 device: Optional[str], executor_name: Optional[str], threads: Optional[int], as_json: bool) -> None:
     """Show the stage graph SUITE_FILE makes: every node, its stage, its inputs, and whether it is cached.
 
-    Computes nothing but the dataset's load (its shapes and sizes shape the plan).
+    Computes nothing but the dataset's load (its shapes and sizes shape the plan). Give it the options the run
+    will get (--threads, --executor, --device change the numerics, and so the keys).
     """
     from advbench.cache import Cache
-    from advbench.plan import Settings, build_plan, data_node
+    from advbench.plan import build_plan, data_node
+    from advbench.runner import make_executor, run_settings
     from advbench.stages import load_dataset
     from advbench.suite import load_suite
 
-    extra = list(overrides) + ([f"seed={seed}"] if seed is not None else [])
+    extra = ([f"executor.plugin={executor_name}"] if executor_name else []) + list(overrides) + \
+        ([f"seed={seed}"] if seed is not None else [])
     suite = load_suite(suite_file, extra)
     cache = Cache()
-    settings = Settings(cache_root=str(cache.root), device=suite.spec.device, batch_size=suite.spec.batch_size,
-                        seed=suite.spec.seed)
+    settings = run_settings(suite, cache, device or suite.spec.device, threads, make_executor(suite))
     data = load_dataset(data_node(suite, settings))
     graph = build_plan(suite, data, settings, limit)
     rows = [{"key": node.key, "stage": node.stage, "label": node.label, "inputs": list(node.inputs),

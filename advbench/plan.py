@@ -110,6 +110,18 @@ def file_digest(path: Any) -> str:
     return digest.hexdigest()
 
 
+def numerics(settings: Settings) -> dict[str, Any]:
+    """What changes a computed number without changing any option: the device type, the torch thread count (it
+    orders float sums, so trained weights and attack steps differ) and the torch version. Part of every
+    computing node's key, so a cache filled under other numerics is not read as this run's."""
+    import torch
+
+    from advbench.devices import resolve_device
+
+    return {"device": resolve_device(settings.device, "device").type, "threads": settings.threads,
+            "torch": torch.__version__}
+
+
 def data_node(suite: Any, settings: Settings) -> Node:
     from advbench.cache import make_key
 
@@ -143,6 +155,7 @@ class _Builder:
         n_fit = min(n_fit, n_test - n_eval)
         self.subset = {"seed": settings.seed, "n_test": n_test, "n_eval": n_eval, "n_fit": n_fit}
         self.subset_key = subset_digest(self.subset)
+        self.numerics = numerics(settings)
         self.nodes: dict[str, Node] = {}
         self.points: list[Point] = []
         self.rank: dict[str, int] = {}
@@ -177,7 +190,7 @@ class _Builder:
                                          "source": suite.source}))
         # the salt seeds the training, so it is part of the key: two victims with one recipe are two models
         config = {"options": _options(options), "seed": self.settings.seed, "input_shape": list(self.shape),
-                  "num_classes": self.num_classes, "salt": list(salt)}
+                  "num_classes": self.num_classes, "salt": list(salt), "numerics": self.numerics}
         key = make_key(section, config, [inputs_key], identity(reg))
         stage = "victim" if section == "victims" else "mask-classifier"
         return self.add(Node(key, stage, label, self.settings, inputs=(masks,) if masks else (),
@@ -189,7 +202,7 @@ class _Builder:
 
         node = self.classifier(suite, "victims", name, self.data.key, suite.spec.victims[name].checkpoint,
                                f"victims.{name}", ("victim", name))
-        accuracy = self.add(Node(make_key("accuracy", {}, [node.key, self.data.key]), "accuracy",
+        accuracy = self.add(Node(make_key("accuracy", {"numerics": self.numerics}, [node.key, self.data.key]), "accuracy",
                                  f"clean accuracy {name}", self.settings, inputs=_stored(node),
                                  params={"victim": node, "data": self.data, "name": name}))
         point.victims.setdefault(name, {"victim": node.key, "accuracy": accuracy.key,
@@ -206,12 +219,14 @@ class _Builder:
         limit = limit if limit is not None and limit < self.n_train else None
         options = _options(ioptions)
         fit_options = {k: v for k, v in options.items() if k not in ireg.cls.explain_options}
-        iconfig = {"options": fit_options, "seed": self.settings.seed, "salt": ["interpreter", target, iname]}
+        iconfig = {"options": fit_options, "seed": self.settings.seed, "salt": ["interpreter", target, iname],
+                   "numerics": self.numerics}
         raw_limit = spec.interpreters[iname].mask_train_limit or spec.evaluation.mask_train_limit
         if raw_limit is not None:
             iconfig["train_limit"] = raw_limit
         ikey = make_key("interpreter", iconfig, [victim.key], identity(ireg))
-        mkey = make_key("masks", {"split": "train", "limit": raw_limit, "options": options}, [ikey])
+        mkey = make_key("masks", {"split": "train", "limit": raw_limit, "options": options,
+                                  "numerics": self.numerics}, [ikey])
         interp = {"plugin": _with_kind(ireg), "options": options, "target": target, "name": iname, "key": ikey,
                   "masks_key": mkey, "victim": victim, "data": self.data, "limit": limit,
                   "input_shape": list(self.shape), "num_classes": self.num_classes}
@@ -230,7 +245,8 @@ class _Builder:
                              f"{creg.name} on {iname}/{target} masks", ("mask-classifier", target, iname),
                              masks=mkey, limit=limit)
         reads = inputs + _stored(f2)
-        bkey = make_key("mask-labels", {"set": "eval", "subset": self.subset_key}, [f2.key])
+        bkey = make_key("mask-labels", {"set": "eval", "subset": self.subset_key, "numerics": self.numerics},
+                        [f2.key])
         self.add(Node(bkey, "mask-labels", f"{iname} on {target}: evaluation mask labels", self.settings,
                       inputs=reads, params={"interp": interp, "f2": f2, "images": self.images("eval"),
                                             "progress": f"f2 labels {iname}/{target}"}))
@@ -242,7 +258,8 @@ class _Builder:
 
             idx = test_order(self.subset)[:n_mask_eval]
             n_accuracy = len(idx)
-            accuracy_key = make_key("mask-labels", {"set": "accuracy", "subset": tensor_digest(idx)}, [f2.key])
+            accuracy_key = make_key("mask-labels", {"set": "accuracy", "subset": tensor_digest(idx),
+                                                    "numerics": self.numerics}, [f2.key])
             self.add(Node(accuracy_key, "mask-labels", f"{iname} on {target}: f2 accuracy on {len(idx)} test masks",
                           self.settings, inputs=reads,
                           params={"interp": interp, "f2": f2, "progress": f"f2 accuracy {iname}/{target}",
@@ -261,7 +278,7 @@ class _Builder:
 
         areg, aoptions = suite.component("attacks", aname)
         config = {"options": _options(aoptions), "seed": self.settings.seed, "batch_size": self.settings.batch_size,
-                  "salt": ["attack", aname, source], "subset": self.subset_key}
+                  "salt": ["attack", aname, source], "subset": self.subset_key, "numerics": self.numerics}
         base_key = make_key("adversarial", config, [victim.key], identity(areg))
         n = self.subset["n_eval"] + self.subset["n_fit"]
         chunks = []
@@ -297,7 +314,8 @@ class _Builder:
             adv = attacks[(aname, source)]
             fit_on = [env_key, self.subset_key] + ([adv["key"]] if adversarial_fit else [])
             fit_key = make_key("scores", {"options": _options(doptions), "seed": self.settings.seed,
-                                          "salt": ["detector", dname, iname, target]}, fit_on, identity(dreg))
+                                          "salt": ["detector", dname, iname, target], "numerics": self.numerics},
+                               fit_on, identity(dreg))
             label = f"{name}, {aname} from {source}"
             params = {"detector": dname, "interpreter": iname, "target": target, "env": env, "fit_key": fit_key,
                       "fit_images": self.images("fit"), "eval_fit_images": self.images("eval+fit"),
@@ -321,7 +339,8 @@ class _Builder:
                               params={**params, "parts": ["adversarial"]}, **common))
             labels_key = benign_labels = None
             if interp is not None:
-                labels_key = make_key("mask-labels", {"set": "adversarial"}, [env_key, adv["key"]])
+                labels_key = make_key("mask-labels", {"set": "adversarial", "numerics": self.numerics},
+                                      [env_key, adv["key"]])
                 self.add(Node(labels_key, "mask-labels", f"f2 labels {iname}/{target} on {aname} from {source}",
                               self.settings, inputs=interp["reads"] + (adv["key"],),
                               params={"interp": interp["interp"], "f2": interp["f2"],
@@ -339,7 +358,8 @@ class _Builder:
         from advbench.cache import make_key
 
         adversarial = {a: entry["key"] for (a, source), entry in attacks.items() if source == target}
-        key = make_key("gallery", {"examples": 4, "subset": self.subset_key, "attacks": adversarial},
+        key = make_key("gallery", {"examples": 4, "subset": self.subset_key, "attacks": adversarial,
+                                   "numerics": self.numerics},
                        [interp["f2"].key, interp["interp"]["masks_key"]])
         self.add(Node(key, "gallery", f"gallery {interp['interpreter']} on {target}", self.settings,
                       inputs=interp["reads"] + tuple(adversarial.values()),

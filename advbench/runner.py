@@ -310,6 +310,19 @@ def default_threads(slots: int) -> int:
     return max(1, cores // max(1, slots))
 
 
+def make_executor(suite: Suite) -> Any:
+    ereg, eoptions = suite.component("executor")
+    return ereg.cls(eoptions)
+
+
+def run_settings(suite: Suite, cache: Cache, device: str, threads: Optional[int], executor: Any) -> Settings:
+    """What every node of a run carries: the cache, the device asked for, batch size, seed, and the torch threads
+    per worker (``threads``, else this process's cores shared by the executor's slots)."""
+    slots = max(1, int(getattr(executor, "slots", 1) or 1))
+    return Settings(cache_root=str(cache.root), device=device, batch_size=suite.spec.batch_size,
+                    seed=suite.spec.seed, threads=threads or default_threads(slots))
+
+
 def run_suite(suite: Suite, run_dir: Path, device: Any, cache: Cache, limit: Optional[int] = None,
               on_event: Optional[Callable[[dict], None]] = None, command: str = "",
               threads: Optional[int] = None, executor: Any = None) -> dict[str, Any]:
@@ -325,13 +338,12 @@ def run_suite(suite: Suite, run_dir: Path, device: Any, cache: Cache, limit: Opt
     local_device = resolve_device(requested, "device")
     started = datetime.now(timezone.utc)
     t0 = time.perf_counter()
-    if executor is None:
-        ereg, eoptions = suite.component("executor")
-        executor = ereg.cls(eoptions)
+    executor = executor or make_executor(suite)
     slots = max(1, int(getattr(executor, "slots", 1) or 1))
-    threads = threads or default_threads(slots)
-    settings = Settings(cache_root=str(cache.root), device=requested, batch_size=suite.spec.batch_size,
-                        seed=suite.spec.seed, threads=threads)
+    settings = run_settings(suite, cache, requested, threads, executor)
+    threads = settings.threads
+    if command and "--threads" not in command.split():  # the thread count is part of what repeats the run
+        command = f"{command} --threads {threads}"
     results: dict[str, Any] = {
         "suite": suite.name, "suite_file": suite.source, "description": suite.spec.description or None,
         "command": command, "advbench_version": advbench.__version__,

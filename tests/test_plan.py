@@ -153,3 +153,18 @@ def test_a_failed_stage_leaves_results_and_a_page_and_the_suite_description_is_k
     page = (tmp_path / "run" / "index.html").read_text()
     assert "incomplete" in page.lower()
     assert "A &lt;b&gt;small&lt;/b&gt; grid whose detector breaks" in page
+
+
+def test_the_thread_count_is_part_of_the_keys_and_of_the_recorded_command(tmp_path):
+    """Float sums run in another order with another thread count, so trained weights differ: a run with two
+    threads does not reuse one-thread models from the same cache, and each run's command says its count."""
+    suite = small_digits(tmp_path)
+    cache = tmp_path / "cache"
+    advbench_cli("run", suite, "--out", str(tmp_path / "one"), "--no-report", cache=cache,
+                 env_extra={"OMP_NUM_THREADS": "1"})
+    one = load_results(tmp_path / "one")
+    assert one["host"]["torch_threads"] == 1 and one["command"].endswith("--threads 1")
+    advbench_cli("run", suite, "--out", str(tmp_path / "two"), "--no-report", "--threads", "2", cache=cache)
+    two = load_results(tmp_path / "two")
+    assert two["host"]["torch_threads"] == 2 and two["command"].count("--threads") == 1
+    assert not any(s["cached"] for s in two["stages"] if s["stage"] != "data")
