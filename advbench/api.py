@@ -54,6 +54,9 @@ class RunContext:
     batch_size: int = 128
     seed: int = 0
     progress: Optional[Callable[[Iterable, str, Optional[int]], Iterable]] = None
+    # where a long fit keeps its state between epochs (the harness stores it in the cache beside the stage's
+    # entry): a killed run resumes from the last finished epoch instead of the first
+    checkpoint: Optional["ProgressStore"] = None
 
     def derive_seed(self, *salt: Any) -> int:
         """A seed for one purpose, stable across runs: the suite seed hashed with the salt."""
@@ -68,7 +71,16 @@ class RunContext:
 
     def child(self, *salt: Any) -> "RunContext":
         """The same context with a seed derived for a sub-task."""
-        return RunContext(self.device, self.batch_size, self.derive_seed(*salt), self.progress)
+        return RunContext(self.device, self.batch_size, self.derive_seed(*salt), self.progress, self.checkpoint)
+
+    def save_progress(self, state: dict[str, Any]) -> None:
+        """Keep a fit's state after an epoch (plain containers and tensors: model, optimizer, RNG states, epoch)."""
+        if self.checkpoint is not None:
+            self.checkpoint.save(state)
+
+    def restore_progress(self) -> Optional[dict[str, Any]]:
+        """The state a killed run saved last, or None: a fit that gets one continues from it."""
+        return self.checkpoint.load() if self.checkpoint is not None else None
 
     def track(self, iterable: Iterable, description: str, total: Optional[int] = None) -> Iterable:
         """Wrap a long loop so the user sees a progress bar (a no-op when none is attached)."""
@@ -85,6 +97,16 @@ class RunContext:
         for start in range(0, n, size):
             idx = order[start:start + size]
             yield tuple(t[idx].to(self.device, non_blocking=True) for t in tensors)
+
+
+class ProgressStore:
+    """Where ``RunContext.save_progress`` keeps a fit's last epoch; the harness gives one to each training stage."""
+
+    def save(self, state: dict[str, Any]) -> None:
+        raise NotImplementedError
+
+    def load(self) -> Optional[dict[str, Any]]:
+        raise NotImplementedError
 
 
 @dataclass

@@ -22,8 +22,8 @@ import torch
 from torch import nn
 
 from advbench import plugins
-from advbench.api import DataSplits, DetectorEnv, RunContext
-from advbench.cache import Cache
+from advbench.api import DataSplits, DetectorEnv, ProgressStore, RunContext
+from advbench.cache import Cache, make_key
 from advbench.devices import resolve_device
 from advbench.errors import AdvbenchError
 from advbench.plan import Node, Settings
@@ -83,8 +83,13 @@ class Worker:
             self.emit({"type": "end", "id": task})
 
     def ctx(self, *salt: Any) -> RunContext:
-        base = RunContext(self.device, self.settings.batch_size, self.settings.seed, self.track)
+        base = RunContext(self.device, self.settings.batch_size, self.settings.seed, self.track, self.progress)
         return base.child(*salt) if salt else base
+
+    @property
+    def progress(self) -> Optional["CacheProgress"]:
+        """Training stages keep their last finished epoch in the cache, so a killed run loses at most one."""
+        return CacheProgress(self.cache, self.node) if self.node.stage in TRAINING else None
 
     def load(self, key: str) -> Any:
         payload = self.cache.load(key)
@@ -107,6 +112,30 @@ class Worker:
             return self.batched(lambda b: model(b).argmax(1), x, label)
 
 
+class CacheProgress(ProgressStore):
+    """A training node's last epoch, as a cache entry of stage ``progress`` beside the node's own key."""
+
+    def __init__(self, cache: Cache, node: Node) -> None:
+        self.cache, self.node = cache, node
+        self.key = progress_key(node.key)
+
+    def save(self, state: dict[str, Any]) -> None:
+        self.cache.save(self.key, state, stage="progress", description=f"{self.node.label}: after epoch "
+                        f"{state.get('epoch', '?')}")
+
+    def load(self) -> Optional[dict[str, Any]]:
+        state = self.cache.load(self.key)
+        if state is not None:
+            log.info("%s: resuming after epoch %s (kept by an earlier, stopped run)", self.node.label,
+                     state.get("epoch", "?"))
+        return state
+
+
+def progress_key(key: str) -> str:
+    return make_key("progress", {}, [key])
+
+
+TRAINING = ("victim", "mask-classifier", "interpreter")
 _CACHES: dict[str, Cache] = {}
 
 
@@ -502,6 +531,8 @@ def run_node(node: Node, emit: Optional[Callable[[dict], None]] = None) -> dict[
         if not cached:
             payload = STAGES[node.stage](node, worker)
             worker.cache.save(node.key, payload, stage=record_stage(node), description=node.label)
+        if node.stage in TRAINING:
+            worker.cache.remove(progress_key(node.key))  # the finished model supersedes its last epoch
     seconds = time.perf_counter() - start
     log.info("%s %s: %.1fs%s", record_stage(node), node.label, seconds, " (cached)" if cached else "")
     return {"stage": record_stage(node), "label": node.label, "seconds": round(seconds, 3), "cached": cached,

@@ -235,3 +235,41 @@ def test_gallery_stores_only_the_shown_images(digits_run):
     shown = sum(t.numel() * t.element_size() for entry in gallery for part in ("per_class", "examples")
                 for t in entry[part].values() if isinstance(t, torch.Tensor))
     assert (digits_run / "gallery.pt").stat().st_size < 4 * shown + 200_000
+
+
+def test_a_kill_during_victim_training_resumes_from_the_last_finished_epoch(tmp_path):
+    """Training stages keep their last finished epoch in the cache (stage 'progress'): kill -9 mid-training,
+    run again, and the victim continues from that epoch to the same weights and numbers as an unbroken run."""
+    import yaml
+
+    raw = yaml.safe_load((REPO / "suites" / "digits.yaml").read_text())
+    raw["victims"]["cnn"]["options"]["epochs"] = 40
+    raw["mask_classifier"]["options"]["epochs"] = 3
+    raw["evaluation"].update(n_eval=100, n_fit=50)
+    suite = tmp_path / "digits-long.yaml"
+    suite.write_text(yaml.safe_dump(raw))
+    advbench_cli("run", str(suite), "--out", str(tmp_path / "whole"), "--no-report", "--threads", "1",
+                 cache=tmp_path / "cache-whole")
+    cache = tmp_path / "cache"
+    env = {**os.environ, "ADVBENCH_CACHE": str(cache)}
+    proc = subprocess.Popen([sys.executable, "-m", "advbench.cli", "run", str(suite), "--out", str(tmp_path / "killed"),
+                             "--no-report", "--threads", "1"], cwd=REPO, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 600
+    try:
+        while time.time() < deadline and proc.poll() is None:
+            if any(json.loads(m.read_text()).get("stage") == "progress" for m in cache.glob("*/*.json")):
+                break
+            time.sleep(0.02)
+        assert proc.poll() is None, "the run ended before it could be killed"
+        os.killpg(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait()
+    resumed = tmp_path / "resumed"
+    advbench_cli("run", str(suite), "--out", str(resumed), "--no-report", "--threads", "1", cache=cache)
+    log = (resumed / "run.log").read_text()
+    assert "victims.cnn: resuming after epoch" in log
+    results = load_results(resumed)
+    assert results["victims"] == load_results(tmp_path / "whole")["victims"]
+    assert results["detection"] == load_results(tmp_path / "whole")["detection"]
+    assert not any(json.loads(m.read_text()).get("stage") == "progress" for m in cache.glob("*/*.json"))

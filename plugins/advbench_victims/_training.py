@@ -73,8 +73,20 @@ def train_classifier(model: nn.Module, train_x: torch.Tensor, train_y: torch.Ten
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=opts.lr, epochs=opts.epochs,
                                                    steps_per_epoch=steps_per_epoch)
     total = opts.epochs * steps_per_epoch
-    steps = iter(ctx.track(range(total), f"{label} ({opts.epochs} epochs)", total))
-    for epoch in range(opts.epochs):
+    first = 0
+    resume = ctx.restore_progress()
+    if resume is not None and resume.get("label") == label:  # a stopped run's last epoch: go on from there
+        model.load_state_dict(resume["model"])
+        optimizer.load_state_dict(resume["optimizer"])
+        schedule.load_state_dict(resume["schedule"])
+        generator.set_state(resume["generator"])
+        torch.set_rng_state(resume["rng"])
+        if resume.get("cuda_rng") is not None and ctx.device.type == "cuda":
+            torch.cuda.set_rng_state(resume["cuda_rng"], ctx.device)
+        first = int(resume["epoch"])
+    steps = iter(ctx.track(range(first * steps_per_epoch, total), f"{label} ({opts.epochs} epochs)",
+                           total - first * steps_per_epoch))
+    for epoch in range(first, opts.epochs):
         started, loss_sum, seen = time.perf_counter(), 0.0, 0
         for xb, yb in ctx.batches(train_x, train_y, shuffle=True, generator=generator, batch_size=batch_size):
             if opts.augment:
@@ -90,6 +102,12 @@ def train_classifier(model: nn.Module, train_x: torch.Tensor, train_y: torch.Ten
             seen += len(yb)
         log.info("%s: epoch %d/%d, loss %.4f, %.1fs", label, epoch + 1, opts.epochs, loss_sum / max(1, seen),
                  time.perf_counter() - started)
+        if epoch + 1 < opts.epochs:  # everything the next epoch draws from, so a resumed run continues exactly
+            ctx.save_progress({"label": label, "epoch": epoch + 1, "model": model.state_dict(),
+                               "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
+                               "generator": generator.get_state(), "rng": torch.get_rng_state(),
+                               "cuda_rng": torch.cuda.get_rng_state(ctx.device) if ctx.device.type == "cuda"
+                               else None})
     for _ in steps:  # drain so the bar completes
         pass
     model.to(memory_format=torch.contiguous_format).eval()
