@@ -27,7 +27,7 @@ from advbench.cache import Cache
 from advbench.outputs import write_outputs
 from advbench.plan import Node, Plan, Point, Settings, build_plan, data_node
 from advbench.devices import resolve_device
-from advbench.stages import InputMissing, load_dataset, run_node, subset_indices
+from advbench.stages import InputMissing, expected_fields, has_fields, load_dataset, run_node, subset_indices
 from advbench.suite import Suite
 
 log = logging.getLogger("advbench.run")
@@ -53,6 +53,9 @@ class Driver:
                 self.done.add(key)
                 self.records.append({"stage": _record_stage(node), "label": node.label, "seconds": 0.0,
                                      "cached": True, "key": key})
+        stored = sum(node.stored for node in self.plan.nodes.values())
+        log.info("plan: %d nodes to store, %d already in the cache", stored,
+                 sum(1 for r in self.records if r["cached"]))
 
     def run(self, targets: Optional[set[str]] = None, on_finished: Optional[Callable[[], None]] = None) -> None:
         """Compute every node of ``targets`` (default: all) not yet done, inputs first."""
@@ -69,6 +72,7 @@ class Driver:
             # (and can be read) in order, and the executor's queue never runs ahead of what is most needed
             ready = sorted((k for k, needs in pending.items() if not needs and k not in submitted), key=order.get)
             for key in ready[:max(0, slots - len(submitted))]:
+                log.info("%s %s: start (key %s)", _record_stage(nodes[key]), nodes[key].label, key[:12])
                 self.executor.submit(run_node, nodes[key])
                 submitted.add(key)
             if not submitted:
@@ -88,6 +92,8 @@ class Driver:
                     continue
                 if isinstance(outcome, BaseException):
                     raise outcome
+                log.info("%s %s: %.1fs%s", outcome["stage"], node.label, outcome["seconds"],
+                         " (cached)" if outcome["cached"] else "")
                 pending.pop(node.key, None)
                 self.done.add(node.key)
                 self.records.append({k: outcome[k] for k in ("stage", "label", "seconds", "cached", "key")})
@@ -116,11 +122,13 @@ class Driver:
 
     def load(self, key: str) -> Any:
         """A finished node's artifact; a damaged one is computed again (with whatever of its inputs is lost)."""
-        payload = self.cache.load(key)
+        check = has_fields(expected_fields(self.plan.nodes[key])) if key in self.plan.nodes else None
+        payload = self.cache.load(key, check=check)
         if payload is None and key in self.plan.nodes:
             self.done.discard(key)
+            self.records = [r for r in self.records if r["key"] != key]
             self.run({key})
-            payload = self.cache.load(key)
+            payload = self.cache.load(key, check=check)
         if payload is None:
             raise RuntimeError(f"cache entry {key[:12]} could not be computed")
         return payload
@@ -371,7 +379,10 @@ def run_suite(suite: Suite, run_dir: Path, device: Any, cache: Cache, limit: Opt
     try:
         dnode = data_node(suite, settings)
         start = time.perf_counter()
+        log.info("data %s: loading (a first load decodes and caches the images)", dnode.label)
         data = load_dataset(dnode)
+        log.info("data %s: %d training and %d test images, %.1fs", dnode.label, len(data.train_x),
+                 len(data.test_x), time.perf_counter() - start)
         data_record = {"stage": "data", "label": dnode.label, "seconds": round(time.perf_counter() - start, 3),
                        "cached": False, "key": dnode.key}
         plan = build_plan(suite, data, settings, limit)

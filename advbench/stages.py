@@ -91,8 +91,10 @@ class Worker:
         """Training stages keep their last finished epoch in the cache, so a killed run loses at most one."""
         return CacheProgress(self.cache, self.node) if self.node.stage in TRAINING else None
 
-    def load(self, key: str) -> Any:
-        payload = self.cache.load(key)
+    def load(self, key: str, *fields: str) -> Any:
+        """An input's artifact; missing, corrupt, or without ``fields`` (stored by other code): the driver
+        computes it again."""
+        payload = self.cache.load(key, check=has_fields(fields))
         if payload is None:
             raise InputMissing(key)
         return payload
@@ -228,7 +230,7 @@ def images(worker: Worker, spec: dict[str, Any]) -> tuple[torch.Tensor, torch.Te
     """An image set a node reads, from plain data: the evaluation or fitting images, the first N of the test order,
     the whole test set, or a slice of an adversarial set."""
     if spec["set"] == "adversarial":
-        adv = worker.load(spec["key"])
+        adv = worker.load(spec["key"], "x_adv", "pred_clean", "pred_adv")
         data = load_dataset(spec["data"])
         eval_idx, fit_idx = subset_indices(spec["subset"])
         y = torch.cat([data.test_y[eval_idx], data.test_y[fit_idx]])
@@ -268,7 +270,7 @@ def load_classifier(node: Node, worker: Worker) -> nn.Module:
                 raise AdvbenchError(f"{node.params['source']}: {node.params['field']}: {node.params['path']!r} does "
                                     f"not fit {node.plugin['kind']} {node.plugin['name']!r}: {first}") from None
         else:
-            model.load_state_dict(worker.load(node.key)["state_dict"])
+            model.load_state_dict(worker.load(node.key, "state_dict")["state_dict"])
         return _freeze(model, worker.device)
     return MODELS.get(f"{node.key}@{worker.device}", build)
 
@@ -286,7 +288,7 @@ class Interpretation:
         with seeded(self.ctx.derive_seed("build"), worker.device):
             self.state = self.interpreter.build(tuple(spec["input_shape"]), spec["num_classes"])
         if self.state is not None and spec.get("fitted", True):
-            self.state.load_state_dict(worker.load(spec["key"])["state_dict"])
+            self.state.load_state_dict(worker.load(spec["key"], "state_dict")["state_dict"])
             _freeze(self.state, worker.device)
 
     def with_progress(self, worker: Worker) -> "Interpretation":
@@ -334,7 +336,7 @@ def stage_classifier(node: Node, worker: Worker) -> dict[str, Any]:
     if p["section"] == "victims":
         train_x, train_y = data.train_x, data.train_y
     else:
-        train_x = worker.load(p["masks"])["masks"].float()
+        train_x = worker.load(p["masks"], "masks")["masks"].float()
         train_y = train_split(data, p["limit"], node.settings.seed)[1]
     ctx = worker.ctx(*p["salt"])
     with seeded(ctx.derive_seed("fit"), worker.device):
@@ -410,7 +412,7 @@ def stage_attack_merge(node: Node, worker: Worker) -> dict[str, Any]:
     """An attack's chunks as one adversarial set, with the victim's labels before and after."""
     p = node.params
     x, _ = images(worker, p["images"])
-    chunks = [worker.load(key)["x"] for key in p["chunks"]]
+    chunks = [worker.load(key, "x")["x"] for key in p["chunks"]]
     x_adv = torch.cat(chunks) if chunks else torch.empty_like(x)
     model = load_classifier(p["victim"], worker)
     return {"x_adv": x_adv, "pred_clean": worker.predict(model, x), "pred_adv": worker.predict(model, x_adv)}
@@ -424,7 +426,7 @@ def fitted_detector(node: Node, worker: Worker, env: DetectorEnv):
         detector = _instance(node.plugin, node.options)
         fit_x, _ = images(worker, {**p["fit_images"]})
         if p["fit_adversarial"] is not None:
-            adv = worker.load(p["fit_adversarial"])
+            adv = worker.load(p["fit_adversarial"], "x_adv", "pred_clean", "pred_adv")
             n_eval = p["fit_images"]["subset"]["n_eval"]
             ok = _success(adv, images(worker, p["eval_fit_images"])[1])[n_eval:]
             fit_adv = adv["x_adv"][n_eval:][ok]
@@ -485,12 +487,26 @@ def stage_gallery(node: Node, worker: Worker) -> dict[str, Any]:
         per_class = {**describe(eval_x[idx]), "y": eval_y[idx]}
         examples = {**describe(eval_x[:n_examples]), "y": eval_y[:n_examples].clone(), "adversarial": {}}
         for aname, key in p["adversarial"].items():
-            adv = worker.load(key)
+            adv = worker.load(key, "x_adv", "pred_clean", "pred_adv")
             entry = describe(adv["x_adv"][:n_examples])
             entry["success"] = _success(adv, images(worker, p["eval_fit_images"])[1])[:n_examples].clone()
             examples["adversarial"][aname] = entry
     return {"victim": p["interp"]["target"], "interpreter": p["interp"]["name"], "classes": list(p["classes"]),
             "per_class": per_class, "examples": examples}
+
+
+# what each stage's artifact holds: an entry without it (written by other code) is discarded and recomputed
+FIELDS = {"victim": ("state_dict",), "mask-classifier": ("state_dict",), "interpreter": ("state_dict",),
+          "accuracy": ("accuracy",), "masks": ("masks",), "mask-labels": ("labels",), "adversarial-chunk": ("x",),
+          "adversarial": ("x_adv", "pred_clean", "pred_adv"), "gallery": ("per_class", "examples")}
+
+
+def expected_fields(node: Node) -> tuple[str, ...]:
+    return tuple(node.params.get("parts", ())) if node.stage == "scores" else FIELDS.get(node.stage, ())
+
+
+def has_fields(fields: tuple[str, ...]) -> Callable[[Any], bool]:
+    return lambda payload: isinstance(payload, dict) and all(f in payload for f in fields)
 
 
 STAGES: dict[str, Callable[[Node, Worker], Any]] = {
@@ -525,15 +541,16 @@ def run_node(node: Node, emit: Optional[Callable[[dict], None]] = None) -> dict[
     worker = Worker(node, emit)
     started = time.time()
     start = time.perf_counter()
-    log.info("%s %s: start (key %s)", record_stage(node), node.label, node.key[:12])
+    log.debug("%s %s: start on pid %d (key %s)", record_stage(node), node.label, os.getpid(), node.key[:12])
     with worker.cache.lock(node.key):  # a second run on the same cache waits here, then reuses the entry
-        cached = worker.cache.contains(node.key) and worker.cache.load(node.key) is not None
+        cached = worker.cache.contains(node.key) and \
+            worker.cache.load(node.key, check=has_fields(expected_fields(node))) is not None
         if not cached:
             payload = STAGES[node.stage](node, worker)
             worker.cache.save(node.key, payload, stage=record_stage(node), description=node.label)
         if node.stage in TRAINING:
             worker.cache.remove(progress_key(node.key))  # the finished model supersedes its last epoch
     seconds = time.perf_counter() - start
-    log.info("%s %s: %.1fs%s", record_stage(node), node.label, seconds, " (cached)" if cached else "")
+    log.debug("%s %s: %.1fs%s", record_stage(node), node.label, seconds, " (cached)" if cached else "")
     return {"stage": record_stage(node), "label": node.label, "seconds": round(seconds, 3), "cached": cached,
             "key": node.key, "pid": os.getpid(), "started": started}

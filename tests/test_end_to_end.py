@@ -273,3 +273,27 @@ def test_a_kill_during_victim_training_resumes_from_the_last_finished_epoch(tmp_
     assert results["victims"] == load_results(tmp_path / "whole")["victims"]
     assert results["detection"] == load_results(tmp_path / "whole")["detection"]
     assert not any(json.loads(m.read_text()).get("stage") == "progress" for m in cache.glob("*/*.json"))
+
+
+def test_two_concurrent_runs_on_one_fresh_cache_compute_each_stage_once(tmp_path):
+    """Each node is computed under its cache key's lock: the second run waits for a stage the first is
+    computing and then reuses it, so every stage is computed once in all, and both runs report the same."""
+    cache = tmp_path / "cache"
+    env = {**os.environ, "ADVBENCH_CACHE": str(cache)}
+    procs = [subprocess.Popen([sys.executable, "-m", "advbench.cli", "run", "suites/digits.yaml", "--out",
+                               str(tmp_path / name), "--no-report", "--threads", "1"], cwd=REPO, env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+             for name in ("first", "second")]
+    for proc in procs:
+        _, stderr = proc.communicate(timeout=600)
+        assert proc.returncode == 0, stderr[-2000:]
+    first, second = load_results(tmp_path / "first"), load_results(tmp_path / "second")
+    def records(results: dict) -> dict[tuple[str, str], bool]:
+        return {(s["stage"], s["label"]): s["cached"] for s in results["stages"] if s["stage"] != "data"}
+
+    ours, theirs = records(first), records(second)
+    assert ours.keys() == theirs.keys()
+    # every stage computed by exactly one of the two runs; the other's record shows the hit
+    assert all(ours[k] != theirs[k] for k in ours), (ours, theirs)
+    for section in ("victims", "interpreters", "attacks", "detection", "worst_case"):
+        assert first[section] == second[section], section

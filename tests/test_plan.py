@@ -168,3 +168,26 @@ def test_the_thread_count_is_part_of_the_keys_and_of_the_recorded_command(tmp_pa
     two = load_results(tmp_path / "two")
     assert two["host"]["torch_threads"] == 2 and two["command"].count("--threads") == 1
     assert not any(s["cached"] for s in two["stages"] if s["stage"] != "data")
+
+
+def test_an_entry_with_a_sound_hash_but_the_wrong_content_is_recomputed_and_every_stage_is_logged(tmp_path):
+    """An entry some other code stored under a key (valid sha256, wrong fields) is discarded with one warning and
+    computed again; run.log names every node's start and end, the dataset's load included."""
+    from advbench.cache import Cache
+
+    suite = small_digits(tmp_path)
+    cache = tmp_path / "cache"
+    advbench_cli("run", suite, "--out", str(tmp_path / "first"), "--no-report", "--threads", "1", cache=cache)
+    store = Cache(cache)
+    accuracy = next(e for e in store.entries() if e.stage == "metrics")
+    store.save(accuracy.key, {"acc": 0.5}, stage="metrics", description="not what the stage writes")
+    proc = advbench_cli("run", suite, "--out", str(tmp_path / "second"), "--no-report", "--threads", "1", cache=cache)
+    second = load_results(tmp_path / "second")
+    assert second["victims"] == load_results(tmp_path / "first")["victims"]
+    assert [s["cached"] for s in second["stages"] if s["stage"] == "metrics"] == [False]
+    assert "unusable" in proc.stderr or "recomput" in proc.stderr
+    log = (tmp_path / "first" / "run.log").read_text()
+    assert "data digits: loading" in log
+    for stage in ("victim", "adversarial", "scores", "masks", "gallery"):
+        assert any(line.split(": ", 1)[-1].startswith(f"{stage} ") and ": start" in line
+                   for line in log.splitlines()), stage
