@@ -300,6 +300,10 @@ def _run(suite_file: Path, device: Optional[str], out_dir: Optional[Path], limit
     if open_report and page is not None and _has_display():
         webbrowser.open(page.resolve().as_uri())
     click.echo(str(where))
+    for failure in results.get("failed") or []:  # the rest of the grid ran; these cells did not
+        click.echo(f"advbench: failed: {failure['label']}: {failure['error']}", err=True)
+    if results.get("failed"):
+        sys.exit(1)
 
 
 def _page_after_failure(run_dir: Path, no_report: bool) -> None:

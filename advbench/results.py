@@ -180,6 +180,15 @@ class WorstCaseRow(Metrics):
     sweep: Optional[Sweep] = None
 
 
+class FailedCell(Row):
+    """A node whose plugin broke its output contract or raised: the grid went on without it and its dependents."""
+
+    stage: str
+    label: str
+    error: str = Field(description="one line: the plugin's kind, name, distribution and what was wrong")
+    skipped: list[str] = Field(default_factory=list, description="labels of the stages that needed it")
+
+
 class Point(Row):
     """One sweep point: its values and its victims (a swept field may change a victim)."""
 
@@ -211,6 +220,7 @@ class Results(Row):
     limit: Optional[int] = Field(None, description="--limit, or null")
     complete: bool
     missing: list[str] = Field(default_factory=list, description="stages that did not finish")
+    failed: list[FailedCell] = Field(default_factory=list, description="cells whose plugin failed")
     plugins: list[PluginRow] = Field(default_factory=list)
     sweep_fields: list[str] = Field(default_factory=list)
     sweep_base: dict[str, Any] = Field(default_factory=dict, description="the suite's own value of each swept "

@@ -24,6 +24,7 @@ import torch
 import advbench
 from advbench import metrics, plugins
 from advbench.cache import Cache
+from advbench.errors import AdvbenchError
 from advbench.outputs import write_outputs
 from advbench.plan import Node, Plan, Point, Settings, build_plan, data_node
 from advbench.devices import resolve_device
@@ -43,6 +44,8 @@ class Driver:
         self.on_event = on_event
         self.records: list[dict[str, Any]] = []
         self.done: set[str] = set()
+        self.failed: list[dict[str, Any]] = []  # cells whose plugin failed, with what they kept from running
+        self.broken: set[str] = set()
 
     def check_cached(self) -> None:
         """What the cache already holds (a damaged entry is reported, removed and so recomputed)."""
@@ -91,7 +94,10 @@ class Driver:
                             needs.add(lost)
                     continue
                 if isinstance(outcome, BaseException):
-                    raise outcome
+                    if not _contained(outcome):
+                        raise outcome
+                    self._fail(node, outcome, pending)
+                    continue
                 log.info("%s %s: %.1fs%s", outcome["stage"], node.label, outcome["seconds"],
                          " (cached)" if outcome["cached"] else "")
                 pending.pop(node.key, None)
@@ -102,6 +108,30 @@ class Driver:
                     needs.discard(node.key)
                 if on_finished is not None:
                     on_finished()
+
+    def _fail(self, node: Node, error: BaseException, pending: dict[str, set[str]]) -> None:
+        """A cell whose plugin broke its contract (or raised): recorded, its dependents skipped, the grid goes on."""
+        from advbench.boundary import PluginOutputError, who
+
+        message = str(error) if isinstance(error, PluginOutputError) else \
+            f"{who(node.plugin)}: {type(error).__name__}: {(str(error).splitlines() or [''])[0]}"
+        skipped = self._dependents(node.key, pending)
+        log.error("%s %s failed: %s; %d node(s) that need it skipped", _record_stage(node), node.label, message,
+                  len(skipped))
+        self.failed.append({"stage": _record_stage(node), "label": node.label, "error": message,
+                            "skipped": [self.plan.nodes[k].label for k in skipped]})
+        for key in [node.key, *skipped]:
+            pending.pop(key, None)
+            self.broken.add(key)
+
+    def _dependents(self, key: str, pending: dict[str, set[str]]) -> list[str]:
+        found: list[str] = []
+        frontier = {key}
+        while frontier:
+            new = [k for k in pending if k not in found and k != key and frontier & set(self.plan.nodes[k].inputs)]
+            found.extend(new)
+            frontier = set(new)
+        return found
 
     def _closure(self, targets: set[str]) -> set[str]:
         found, stack = set(), list(targets)
@@ -132,6 +162,16 @@ class Driver:
         if payload is None:
             raise RuntimeError(f"cache entry {key[:12]} could not be computed")
         return payload
+
+
+def _contained(error: BaseException) -> bool:
+    """A plugin's broken output or its own exception fails one cell; a user's configuration error, an
+    interruption or an exit stops the run."""
+    from advbench.boundary import PluginOutputError
+
+    if isinstance(error, PluginOutputError):
+        return True
+    return isinstance(error, Exception) and not isinstance(error, AdvbenchError)
 
 
 def _record_stage(node: Node) -> str:
@@ -422,8 +462,13 @@ def run_suite(suite: Suite, run_dir: Path, device: Any, cache: Cache, limit: Opt
         driver.run(on_finished=snapshot)
         for point in plan.points:
             _merge(results, _assemble(assembler, point))
-        gallery = [driver.load(key) for key in plan.points[0].galleries]
-        results["complete"] = True
+        gallery = [driver.load(key) for key in plan.points[0].galleries if key not in driver.broken]
+        results["failed"] = driver.failed
+        results["complete"] = not driver.failed
+        for failure in driver.failed:
+            results["missing"].append(f"failed: {failure['label']}: {failure['error']}"
+                                      + (f" ({len(failure['skipped'])} dependent stages skipped)"
+                                         if failure["skipped"] else ""))
     except BaseException as exc:  # record what was computed, then re-raise
         error = exc
         if driver is not None and assembler is not None:
@@ -444,6 +489,8 @@ def run_suite(suite: Suite, run_dir: Path, device: Any, cache: Cache, limit: Opt
         finally:
             torch.set_num_threads(previous_threads)
             results["stages"] = _stage_records(driver)
+            if driver is not None:
+                results["failed"] = driver.failed
             results["finished"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
             results["wall_seconds"] = round(time.perf_counter() - t0, 2)
             write_outputs(run_dir, results, gallery)

@@ -23,6 +23,7 @@ from torch import nn
 
 from advbench import plugins
 from advbench.api import DataSplits, DetectorEnv, ProgressStore, RunContext
+from advbench.boundary import check_adversarial, check_data, check_logits, check_masks, check_scores
 from advbench.cache import Cache, make_key
 from advbench.devices import resolve_device
 from advbench.errors import AdvbenchError
@@ -204,7 +205,7 @@ def load_dataset(node: Node) -> DataSplits:
     """The dataset a data node names (not stored in the cache: the dataset plugin keeps its own decoded copy)."""
     def build() -> DataSplits:
         worker = Worker(node)
-        return _instance(node.plugin, node.options).load(worker.ctx("dataset"))
+        return check_data(node.plugin, _instance(node.plugin, node.options).load(worker.ctx("dataset")))
     return DATASETS.get(node.key, build)
 
 
@@ -297,7 +298,8 @@ class Interpretation:
 
     def explain(self, x: torch.Tensor) -> torch.Tensor:
         with seeded(self.ctx.derive_seed("explain"), self.device):
-            return self.interpreter.explain(self.state, self.victim, x, self.ctx).clamp(0, 1)
+            masks = self.interpreter.explain(self.state, self.victim, x, self.ctx)
+        return check_masks(self.spec["plugin"], masks, x).clamp(0, 1)
 
 
 def load_interpretation(spec: dict[str, Any], worker: Worker) -> Interpretation:
@@ -341,7 +343,11 @@ def stage_classifier(node: Node, worker: Worker) -> dict[str, Any]:
     ctx = worker.ctx(*p["salt"])
     with seeded(ctx.derive_seed("fit"), worker.device):
         classifier.fit(model, train_x, train_y, ctx)
-    return {"state_dict": {k: v.cpu() for k, v in model.state_dict().items()}}
+    state = {k: v.cpu().clone() for k, v in model.state_dict().items()}
+    with torch.no_grad():  # the trained model answers the contract: N x classes finite logits
+        probe = train_x[:2].to(worker.device)
+        check_logits(node.plugin, model.eval()(probe), len(probe), p["num_classes"])
+    return {"state_dict": state}
 
 
 def stage_accuracy(node: Node, worker: Worker) -> dict[str, Any]:
@@ -400,10 +406,7 @@ def stage_attack_chunk(node: Node, worker: Worker) -> dict[str, Any]:
         yb = y[start:start + ctx.batch_size].to(worker.device)
         batch_ctx = ctx.child(start)
         with seeded(batch_ctx.seed, worker.device):
-            adv = attack.run(model, xb, yb, batch_ctx).detach()
-        if adv.shape != xb.shape:
-            raise AdvbenchError(f"attack {attack.name!r} returned shape {tuple(adv.shape)} for input "
-                                f"{tuple(xb.shape)}")
+            adv = check_adversarial(node.plugin, attack.run(model, xb, yb, batch_ctx), xb).detach()
         out.append(adv.clamp(0, 1).cpu())
     return {"x": torch.cat(out) if out else x[:0]}
 
@@ -455,8 +458,9 @@ def stage_scores(node: Node, worker: Worker) -> dict[str, Any]:
         scores, flags = [], []
         steps = range(0, len(x), ctx.batch_size)
         for start in ctx.track(steps, f"score {part} ({node.label})", len(steps)):
+            batch = x[start:start + ctx.batch_size].to(worker.device)
             with seeded(ctx.derive_seed("score", start), worker.device):
-                result = detector.score(env, x[start:start + ctx.batch_size].to(worker.device), ctx)
+                result = check_scores(node.plugin, detector.score(env, batch, ctx), len(batch))
             scores.append(result.score.detach().float().cpu())
             if result.flag is not None:
                 flags.append(result.flag.detach().bool().cpu())

@@ -113,48 +113,6 @@ def test_a_victim_loaded_from_its_own_checkpoint_gives_the_trained_runs_results(
         assert loaded[section] == trained[section], section
 
 
-def test_a_failed_stage_leaves_results_and_a_page_and_the_suite_description_is_kept(tmp_path, monkeypatch):
-    """A detector that raises stops the run; what was computed is in results.json (complete: false) and
-    index.html, and the suite's description reaches both."""
-    import advbench
-    from click.testing import CliRunner
-
-    from advbench import api, plugins
-    from advbench.cli import main
-
-    class BrokenDetector(api.Detector):
-        name = "zz-broken-detector"
-        description = "raises while scoring"
-
-        def score(self, env, x, ctx):
-            raise ValueError("broken on purpose")
-
-    class Plugin:
-        @advbench.hookimpl
-        def register_detectors(register):
-            register(BrokenDetector)
-
-    raw = yaml.safe_load(open(small_digits(tmp_path)))
-    raw["description"] = "A <b>small</b> grid whose detector breaks"
-    raw["detectors"] = {"zz-broken-detector": {}}
-    raw["attacks"].pop("pgd")
-    path = tmp_path / "broken.yaml"
-    path.write_text(yaml.safe_dump(raw))
-    monkeypatch.setenv("ADVBENCH_CACHE", str(tmp_path / "cache"))
-    plugins.register_plugin(Plugin, name="zz-broken-detector-plugin")
-    try:
-        result = CliRunner().invoke(main, ["run", str(path), "--out", str(tmp_path / "run"), "--threads", "1"])
-    finally:
-        plugins.unregister_plugin(Plugin)
-    assert isinstance(result.exception, ValueError)
-    results = load_results(tmp_path / "run")
-    assert results["complete"] is False and results["description"] == raw["description"]
-    assert results["victims"]["cnn"]["clean_accuracy"] > 0.5 and results["attacks"]  # kept
-    page = (tmp_path / "run" / "index.html").read_text()
-    assert "incomplete" in page.lower()
-    assert "A &lt;b&gt;small&lt;/b&gt; grid whose detector breaks" in page
-
-
 def test_the_thread_count_is_part_of_the_keys_and_of_the_recorded_command(tmp_path):
     """Float sums run in another order with another thread count, so trained weights differ: a run with two
     threads does not reuse one-thread models from the same cache, and each run's command says its count."""
