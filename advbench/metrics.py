@@ -64,6 +64,7 @@ def _empty_metrics(n_benign: int, n_adversarial: int) -> dict[str, Any]:
     out.update({key: None for key in TPR_TARGETS})
     out["roc"] = None
     out["operating_point"] = None
+    out["tpr_ci"] = out["tnr_ci"] = out["auroc_ci"] = None
     return out
 
 
@@ -95,6 +96,9 @@ def detection_metrics(benign_scores: Any, adversarial_scores: Any, benign_flags:
         rate = _rate(flags)
         tnr = None if rate is None else 1.0 - rate
     out["tpr"], out["tnr"] = _round(tpr), _round(tnr)
+    # 95% intervals: a rate from ~250 inputs is +-0.05, an AUROC +-0.03; differences inside them are noise
+    out["tpr_ci"] = None if tpr is None else wilson_interval(int(round(tpr * adversarial.size)), adversarial.size)
+    out["tnr_ci"] = None if tnr is None else wilson_interval(int(round(tnr * benign.size)), benign.size)
     if tpr is not None and tnr is not None:
         out["operating_point"] = {"fpr": _round(1.0 - tnr), "tpr": _round(tpr)}
 
@@ -108,6 +112,7 @@ def detection_metrics(benign_scores: Any, adversarial_scores: Any, benign_flags:
         scores = _ranks(scores)
     labels = np.concatenate([np.zeros(benign.size, dtype=int), np.ones(adversarial.size, dtype=int)])
     out["auroc"] = _round(roc_auc_score(labels, scores))
+    out["auroc_ci"] = auroc_interval(benign, adversarial)
 
     fpr, tpr_curve, _ = roc_curve(labels, scores, drop_intermediate=False)
     for key, target in FPR_TARGETS.items():
@@ -119,6 +124,58 @@ def detection_metrics(benign_scores: Any, adversarial_scores: Any, benign_flags:
     fpr_d, tpr_d, _ = roc_curve(labels, scores, drop_intermediate=True)
     out["roc"] = _downsample(fpr_d, tpr_d)
     return out
+
+
+Z95 = 1.959963984540054  # the standard normal's 97.5% quantile: two-sided 95% intervals
+
+
+def wilson_interval(successes: int, n: int, z: float = Z95) -> Optional[list[float]]:
+    """The Wilson score interval of a binomial rate (95% by default): [low, high], None when n is 0.
+
+    Unlike the normal approximation it stays inside [0, 1] and is honest at rates near 0 or 1 and at small n.
+    """
+    if n <= 0:
+        return None
+    p = successes / n
+    denominator = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denominator
+    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denominator
+    return [_round(max(0.0, centre - half)), _round(min(1.0, centre + half))]
+
+
+def _midranks(values: np.ndarray) -> np.ndarray:
+    """1-based ranks with ties sharing their mean rank."""
+    order = np.argsort(values, kind="mergesort")
+    ranks = np.empty(len(values), dtype=np.float64)
+    sorted_values = values[order]
+    i = 0
+    while i < len(values):
+        j = i
+        while j + 1 < len(values) and sorted_values[j + 1] == sorted_values[i]:
+            j += 1
+        ranks[order[i:j + 1]] = 0.5 * (i + j) + 1
+        i = j + 1
+    return ranks
+
+
+def auroc_interval(benign: Any, adversarial: Any, z: float = Z95) -> Optional[list[float]]:
+    """DeLong's 95% interval of the AUROC (DeLong, DeLong & Clarke-Pearson 1988; midrank form of Sun & Xu
+    2014), clipped to [0, 1]; None when a side has fewer than two scores."""
+    neg, pos = _scores(benign, "benign"), _scores(adversarial, "adversarial")
+    m, n = pos.size, neg.size
+    if m < 2 or n < 2:
+        return None
+    scores = np.concatenate([pos, neg])
+    if not np.isfinite(scores).all():
+        scores = _ranks(scores)
+    all_ranks = _midranks(scores)
+    pos_ranks, neg_ranks = _midranks(scores[:m]), _midranks(scores[m:])
+    auc = (all_ranks[:m].sum() - m * (m + 1) / 2) / (m * n)
+    v_pos = (all_ranks[:m] - pos_ranks) / n  # each positive: share of negatives ranked below it
+    v_neg = 1.0 - (all_ranks[m:] - neg_ranks) / m  # each negative: share of positives ranked above it
+    variance = v_pos.var(ddof=1) / m + v_neg.var(ddof=1) / n
+    half = z * float(np.sqrt(max(variance, 0.0)))
+    return [_round(max(0.0, auc - half)), _round(min(1.0, auc + half))]
 
 
 def _ranks(values: np.ndarray) -> np.ndarray:

@@ -25,13 +25,14 @@ CSV_TABLES = {
                                           "mask_classifier_accuracy", "n_accuracy_masks", "majority_class_share",
                                           "n_train_masks"]),
     "attacks.csv": ("attacks", ["attack", "plugin", "norm", "source", "n", "n_correct", "n_success", "success_rate",
-                                "mean_linf", "mean_l2", "mean_l0"]),
+                                "success_rate_correct", "mean_linf", "mean_l2", "mean_l0"]),
     "detection.csv": ("detection", ["detector", "interpreter", "attack", "source", "target", "subset", "population",
-                                    "n_adversarial", "n_benign", "tpr", "tnr", "auroc", "tpr_at_fpr_1", "tpr_at_fpr_5",
-                                    "tpr_at_fpr_10", "tnr_at_tpr_90", "tnr_at_tpr_95", "mask_invariance",
-                                    "recovery_rate"]),
+                                    "n_adversarial", "n_benign", "tpr", "tpr_ci_low", "tpr_ci_high", "tnr",
+                                    "tnr_ci_low", "tnr_ci_high", "auroc", "auroc_ci_low", "auroc_ci_high",
+                                    "tpr_at_fpr_1", "tpr_at_fpr_5", "tpr_at_fpr_10", "tnr_at_tpr_90", "tnr_at_tpr_95",
+                                    "mask_invariance", "recovery_rate"]),
     "worst_case.csv": ("worst_case", ["detector", "interpreter", "source", "target", "subset", "n_pairs", "auroc",
-                                      "tpr", "tnr"]),
+                                      "auroc_ci_low", "auroc_ci_high", "tpr", "tnr"]),
 }
 
 
@@ -54,6 +55,9 @@ def write_outputs(run_dir: Path, results: dict[str, Any], gallery: list) -> None
         for row in rows:
             flat = dict(row)
             flat.update(row.get("sweep") or {})
+            for name in ("tpr_ci", "tnr_ci", "auroc_ci"):  # an interval is two columns a spreadsheet can read
+                low, high = row.get(name) or (None, None)
+                flat[f"{name}_low"], flat[f"{name}_high"] = low, high
             writer.writerow({k: ("" if flat.get(k) is None else flat.get(k)) for k in columns + sweep_fields})
         _atomic_text(run_dir / filename, buffer.getvalue())
     if gallery:

@@ -350,6 +350,7 @@ class _Builder:
             point.detections.append({
                 "detector": dname, "interpreter": iname, "attack": aname, "source": source, "target": target,
                 "score_definition": getattr(dreg.cls, "score_definition", None) or dreg.cls.description,
+                "adversarial_fit": adversarial_fit,
                 "benign": benign_key, "adversarial": adversarial_key, "attack_key": adv["key"],
                 "labels": labels_key, "benign_labels": benign_labels})
 

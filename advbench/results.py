@@ -115,6 +115,8 @@ class AttackRow(Row):
     n_correct: Optional[int] = None
     n_success: int
     success_rate: Optional[float]
+    success_rate_correct: Optional[float] = Field(None, description="n_success / n_correct: of the inputs the "
+                                                                    "victim classified correctly, the share fooled")
     mean_linf: Optional[float]
     mean_l2: Optional[float]
     mean_l0: Optional[float]
@@ -148,6 +150,9 @@ class Metrics(Row):
     roc: Optional[Roc] = None
     operating_point: Optional[OperatingPoint] = Field(None, description="{fpr, tpr} at the detector's own "
                                                                         "flags; null without flags")
+    tpr_ci: Optional[list[float]] = Field(None, description="Wilson 95% interval of tpr")
+    tnr_ci: Optional[list[float]] = Field(None, description="Wilson 95% interval of tnr")
+    auroc_ci: Optional[list[float]] = Field(None, description="DeLong 95% interval of auroc")
 
 
 class DetectionRow(Metrics):

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from advbench import metrics
 from advbench.metrics import detection_metrics, mask_invariance, recovery_rate, worst_case
 
 
@@ -136,3 +137,32 @@ def test_worst_case_without_flags_or_successes():
     m = worst_case({"A": ([0.5, 0.6], [True, True], [False, False])}, [0.1, 0.2], [False, False])
     assert m["n_pairs"] == 0 and m["auroc"] is None and m["tpr"] is None
     json.dumps(m)
+
+
+def test_wilson_interval_matches_its_closed_form_and_stays_in_the_unit_interval():
+    assert metrics.wilson_interval(0, 10) == [0.0, pytest.approx(0.277533, abs=1e-6)]
+    low, high = metrics.wilson_interval(125, 250)
+    assert low == pytest.approx(0.438491, abs=1e-6) and high == pytest.approx(0.561509, abs=1e-6)
+    assert metrics.wilson_interval(250, 250)[1] == 1.0 and metrics.wilson_interval(0, 0) is None
+
+
+def test_delong_interval_agrees_with_a_bootstrap_of_the_auroc():
+    from sklearn.metrics import roc_auc_score
+
+    rng = np.random.default_rng(0)
+    benign, adversarial = rng.normal(0, 1, 300), rng.normal(1, 1, 250)
+    low, high = metrics.auroc_interval(benign, adversarial)
+    labels = np.r_[np.zeros(300), np.ones(250)]
+    boot = [roc_auc_score(labels, np.r_[rng.choice(benign, 300), rng.choice(adversarial, 250)]) for _ in range(500)]
+    b_low, b_high = np.percentile(boot, [2.5, 97.5])
+    assert low == pytest.approx(b_low, abs=0.01) and high == pytest.approx(b_high, abs=0.01)
+    assert low < roc_auc_score(labels, np.r_[benign, adversarial]) < high
+
+
+def test_detection_rows_carry_their_intervals():
+    out = metrics.detection_metrics([0.1, 0.2, 0.3, 0.9], [0.8, 0.7, 0.35, 0.95], [False, False, False, True],
+                                    [True, True, False, True])
+    assert out["tpr"] == 0.75 and out["tpr_ci"] == metrics.wilson_interval(3, 4)
+    assert out["tnr"] == 0.75 and out["tnr_ci"] == metrics.wilson_interval(3, 4)
+    low, high = out["auroc_ci"]
+    assert 0 <= low <= out["auroc"] <= high <= 1

@@ -149,3 +149,18 @@ def test_an_entry_with_a_sound_hash_but_the_wrong_content_is_recomputed_and_ever
     for stage in ("victim", "adversarial", "scores", "masks", "gallery"):
         assert any(line.split(": ", 1)[-1].startswith(f"{stage} ") and ": start" in line
                    for line in log.splitlines()), stage
+
+
+def test_worst_case_only_for_detectors_one_model_scores_throughout(tmp_path):
+    """label-only is fitted per attack: pairing one attack's benign scores with the others' adversarial scores
+    measures nothing, so it gets no worst-case row, and a warning says why; contrastive keeps its row."""
+    suite = small_digits(tmp_path)
+    advbench_cli("run", suite, "--out", str(tmp_path / "run"), "--no-report", "--threads", "1",
+                 cache=tmp_path / "cache")
+    results = load_results(tmp_path / "run")
+    assert {r["detector"] for r in results["worst_case"]} == {"contrastive"}
+    assert any(w.startswith("worst case not computed for label-only") for w in results["warnings"])
+    row = results["worst_case"][0]
+    assert row["auroc_ci"][0] <= row["auroc"] <= row["auroc_ci"][1]
+    attack = results["attacks"][0]
+    assert attack["success_rate_correct"] == pytest.approx(attack["n_success"] / attack["n_correct"])

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
-from advbench.report.format import NA, Cell, Column, Table, count, is_number, num, seconds, text
+from advbench.report.format import NA, NA_TITLE, Cell, Column, Table, count, fmt, is_number, num, seconds, text
 from advbench.report.view import View, dicts, interp_label, mapping, ordered, population, subset, sweep_label
 
 # optional metric columns, shown where some row has a value
@@ -41,6 +41,9 @@ def detection_table(view: View, rows: list[dict[str, Any]], table_id: str, capti
                 Column("TPR", "num", "true positive rate: adversarial inputs flagged"),
                 Column("TNR", "num", "true negative rate: benign inputs passed"),
                 Column("AUROC", "num", "area under the ROC curve of the detector's score")]
+    intervals = [(k, label) for k, label in INTERVALS if any(r.get(k) for r in rows)]
+    columns += [Column(label, "num", "95% interval (Wilson for rates, DeLong for AUROC): differences inside it "
+                                     "are noise") for _, label in intervals]
     if recovery:
         columns.append(Column("recovery", "num", "share of adversarial inputs whose original class is recovered"))
     extras = [(k, label) for k, label in EXTRA_METRICS if any(is_number(r.get(k)) for r in rows)]
@@ -57,6 +60,7 @@ def detection_table(view: View, rows: list[dict[str, Any]], table_id: str, capti
             cells.append(text(population(row)))
         cells += [count(row.get("n_adversarial")), count(row.get("n_benign")), num(row.get("tpr")),
                   num(row.get("tnr")), num(row.get("auroc"))]
+        cells += [interval(row.get(k)) for k, _ in intervals]
         if recovery:
             cells.append(num(row.get("recovery_rate")))
         cells += [num(row.get(k)) for k, _ in extras]
@@ -265,11 +269,21 @@ def score_definitions(view: View) -> Table:
                  [[Cell(d), Cell(s)] for d, s in seen], "")
 
 
+INTERVALS = [("tpr_ci", "TPR 95% CI"), ("tnr_ci", "TNR 95% CI"), ("auroc_ci", "AUROC 95% CI")]
+
+
+def interval(value: Any) -> Cell:
+    if not (isinstance(value, (list, tuple)) and len(value) == 2 and all(is_number(v) for v in value)):
+        return Cell(NA, "num na", NA_TITLE)
+    return Cell(f"[{fmt(value[0])}, {fmt(value[1])}]", "num")
+
+
 def worst_case_table(view: View) -> Table:
     return Table("table-worst-case",
                  [Column("detector"), Column("interpreter"), Column("source"), Column("target"), Column("subset"),
-                  Column("pairs", "num"), Column("AUROC", "num"), Column("TPR", "num"), Column("TNR", "num")],
+                  Column("pairs", "num"), Column("AUROC", "num"), Column("AUROC 95% CI", "num"), Column("TPR", "num"),
+                  Column("TNR", "num")],
                  [[text(w.get("detector")), text(w.get("interpreter")), text(w.get("source")), text(w.get("target")),
-                   text(w.get("subset")), count(w.get("n_pairs")), num(w.get("auroc")), num(w.get("tpr")),
-                   num(w.get("tnr"))] for w in view.worst_case],
+                   text(w.get("subset")), count(w.get("n_pairs")), num(w.get("auroc")), interval(w.get("auroc_ci")),
+                   num(w.get("tpr")), num(w.get("tnr"))] for w in view.worst_case],
                  "Worst case over attacks per detector, as reported by the run.")
