@@ -541,5 +541,25 @@ def _size(n: int) -> str:
     return str(n)
 
 
+@main.command("new-plugin")
+@click.argument("kind")
+@click.argument("name")
+@click.option("--dir", "directory", type=click.Path(path_type=Path), default=Path("."), show_default=True,
+              help="Where to create the package folder advbench-NAME.")
+def new_plugin(kind: str, name: str, directory: Path) -> None:
+    """Scaffold an installable plugin package: advbench-NAME with one KIND class, a conformance test, a README.
+
+    KIND is one of dataset, victim, interpreter, attack, detector, executor; NAME is what a suite will write
+    (lowercase words joined by hyphens, e.g. my-method).
+    """
+    from advbench.scaffold import scaffold
+
+    try:
+        root = scaffold(kind, name, directory)
+    except AdvbenchError as exc:
+        fail(str(exc))
+    click.echo(f"created {root}: pip install -e {root} && python -m pytest -q {root / 'tests'}")
+
+
 if __name__ == "__main__":
     main()
