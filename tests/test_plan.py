@@ -164,3 +164,28 @@ def test_worst_case_only_for_detectors_one_model_scores_throughout(tmp_path):
     assert row["auroc_ci"][0] <= row["auroc"] <= row["auroc_ci"][1]
     attack = results["attacks"][0]
     assert attack["success_rate_correct"] == pytest.approx(attack["n_success"] / attack["n_correct"])
+
+
+def test_the_controls_run_beside_the_interpretation(tmp_path):
+    """raw-pixels makes f2 a second classifier on the images (the contrastive rule without interpretation);
+    msp scores the victim's own confidence. Both are ordinary plugins in the same grid."""
+    import torch
+
+    from advbench_detectors.max_softmax import MaxSoftmax
+    from advbench_interpreters.raw_pixels import RawPixels
+    from advbench.api import DetectorEnv, RunContext
+
+    x = torch.rand(5, 1, 8, 8)
+    assert torch.equal(RawPixels().explain(None, torch.nn.Identity(), x, RunContext()), x)
+    victim = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 3))
+    out = MaxSoftmax().score(DetectorEnv(victim, x, torch.zeros(5, dtype=torch.long), 3), x, RunContext())
+    assert torch.allclose(out.score, 1 - torch.softmax(victim(x), 1).amax(1)) and out.flag is None
+
+    suite = small_digits(tmp_path, interpreters={"gradient": {}, "raw-pixels": {}},
+                         detectors={"contrastive": {}, "msp": {}})
+    advbench_cli("run", suite, "--out", str(tmp_path / "run"), "--no-report", "--threads", "1",
+                 cache=tmp_path / "cache")
+    rows = load_results(tmp_path / "run")["detection"]
+    assert {(r["detector"], r["interpreter"]) for r in rows} == {("contrastive", "gradient"),
+                                                                 ("contrastive", "raw-pixels"), ("msp", None)}
+    assert all(0 <= r["auroc"] <= 1 for r in rows if r["auroc"] is not None)

@@ -57,9 +57,9 @@ class registered:
 BUILTIN = {
     "dataset": {"digits", "cifar10"},
     "victim": {"small-cnn", "lenet", "alexnet", "vgg-like"},
-    "interpreter": {"gradient", "smoothgrad", "integrated-gradients", "gradcam", "lan", "lan-per-sample"},
+    "interpreter": {"gradient", "smoothgrad", "integrated-gradients", "gradcam", "lan", "lan-per-sample", "raw-pixels"},
     "attack": {"fgsm", "bim", "pgd", "cw", "deepfool", "jsma"},
-    "detector": {"contrastive", "label-only", "feature-squeezing", "kd-bu", "lid", "mahalanobis"},
+    "detector": {"contrastive", "label-only", "feature-squeezing", "kd-bu", "lid", "mahalanobis", "msp"},
     "executor": {"local"},
 }
 

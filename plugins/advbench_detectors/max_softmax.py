@@ -1,0 +1,32 @@
+"""The maximum-softmax-probability baseline (Hendrycks & Gimpel, ICLR 2017)."""
+
+from __future__ import annotations
+
+import torch
+
+from advbench.api import Detector, DetectorEnv, DetectorOutput, Options, RunContext
+
+
+class MaxSoftmaxOptions(Options):
+    """No options: the score is a fixed function of the victim's logits."""
+
+
+class MaxSoftmax(Detector):
+    """Maximum softmax probability of Hendrycks & Gimpel, "A Baseline for Detecting Misclassified and
+    Out-of-Distribution Examples in Neural Networks" (ICLR 2017).
+
+    Score: ``1 - max_k softmax(f1(x))_k``, the victim's own lack of confidence (in [0, 1]); nothing is fitted
+    and there is no hard decision of its own (no flag: its operating points come from thresholds). A control
+    that asks how far an interpretation-based detector beats what the victim's confidence alone tells.
+    """
+
+    name = "msp"
+    aliases = ("max-softmax",)
+    description = "Hendrycks & Gimpel 2017: 1 - the victim's maximum softmax probability (a control)"
+    revision = "1"
+    Options = MaxSoftmaxOptions
+
+    def score(self, env: DetectorEnv, x: torch.Tensor, ctx: RunContext) -> DetectorOutput:
+        with torch.no_grad():
+            confidence = torch.softmax(env.victim(x).float(), dim=1).amax(dim=1)
+        return DetectorOutput(score=(1.0 - confidence).clamp(0.0, 1.0))
