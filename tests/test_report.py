@@ -774,3 +774,30 @@ def test_the_core_imports_no_report_plugin():
     core = Path(advbench.__file__).parent
     offenders = [str(f.relative_to(core)) for f in core.rglob("*.py") if "advbench_reports" in f.read_text()]
     assert offenders == []
+
+
+def test_filtered_table_says_what_the_filter_kept_and_that_tnr_is_one_by_construction(rendered):
+    results, html, page, run = rendered
+    view = page.records("table-filtered")
+    every = {(r["detector"], r["interpreter"] or "—", r["attack"], r["source"], r["target"]): r
+             for r in results["detection"] if r["subset"] == "all" and r["population"] == "successful"}
+    checked = 0
+    for row in results["detection"]:
+        if row["subset"] != "filtered" or row["population"] != "successful":
+            continue
+        full = every[(row["detector"], row["interpreter"] or "—", row["attack"], row["source"], row["target"])]
+        shown, = rows_where(view, detector=row["detector"], interpreter=row["interpreter"] or "—",
+                            attack=row["attack"], source=row["source"], target=row["target"])
+        assert shown["kept of all"] == fmt(row["n_adversarial"] / full["n_adversarial"])
+        checked += 1
+    assert checked
+    assert "1.0 by construction" in html
+
+
+def test_intervals_get_their_own_columns(tmp_path):
+    results = make_results()
+    for row in results["detection"]:
+        row["auroc_ci"] = [0.5, 0.75]
+    html = render_report(write_run(tmp_path, results, make_gallery())).read_text(encoding="utf-8")
+    shown = Page(html).records("table-direct")
+    assert shown and all(r["AUROC 95% CI"] == f"[{fmt(0.5)}, {fmt(0.75)}]" for r in shown)

@@ -15,7 +15,25 @@ EXTRA_METRICS = [
     ("tpr_at_fpr_10", "TPR @ FPR 10%"),
     ("tnr_at_tpr_90", "TNR @ TPR 90%"),
     ("tnr_at_tpr_95", "TNR @ TPR 95%"),
+    ("kept_share", "kept of all"),
 ]
+
+
+def with_kept_share(view: View, filtered: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Filtered rows, each with ``kept_share``: the share of the unfiltered row's adversarial inputs it keeps, so
+    a filtered rate is never read without how much the filter threw away (copies: results stay as read)."""
+    def key(row: dict[str, Any]) -> tuple:
+        return (row.get("detector"), row.get("interpreter"), row.get("attack"), row.get("source"),
+                row.get("target"), row.get("population"), sweep_label(row))
+
+    everything = {key(r): r for r in view.rows(subset_="all", population_=None)}
+    out = []
+    for row in filtered:
+        full = everything.get(key(row)) or {}
+        n, total = row.get("n_adversarial"), full.get("n_adversarial")
+        share = n / total if is_number(n) and is_number(total) and total else None
+        out.append({**row, "kept_share": share})
+    return out
 
 
 def detection_table(view: View, rows: list[dict[str, Any]], table_id: str, caption: str, *, pair: str,

@@ -27,7 +27,9 @@ PAPER_TABLES = {
     "table3": ("Table 3 · transferred detection",
                "Adversarial inputs crafted on another victim (source ≠ target); paper: crafted on VGG-like."),
     "table4": ("Table 4 · after filtering",
-               "Only inputs whose benign attention mask f2 classifies correctly (subset \"filtered\")."),
+               "Only inputs whose benign attention mask f2 classifies correctly (subset \"filtered\"). TNR is 1.0 "
+               "by construction, in the paper as here: a kept benign input has f2 = true label = f1, so the "
+               "contrastive rule cannot flag it; read TPR beside the share of inputs the filter drops."),
 }
 
 
