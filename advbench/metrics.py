@@ -178,6 +178,49 @@ def auroc_interval(benign: Any, adversarial: Any, z: float = Z95) -> Optional[li
     return [_round(max(0.0, auc - half)), _round(min(1.0, auc + half))]
 
 
+CALIBRATED_FPRS = {"1": 0.01, "5": 0.05, "10": 0.10}
+
+
+def calibrated_threshold(calibration_scores: Any, fpr: float) -> Optional[float]:
+    """The threshold a detector uses at a target false-positive rate, chosen on held-out benign scores alone.
+
+    A score strictly above the threshold is flagged. With n calibration scores, at most floor(fpr * n) of them
+    lie above it, so the calibration FPR never exceeds the target; None without calibration scores.
+    """
+    calibration = np.sort(_scores(calibration_scores, "calibration"))[::-1]
+    if calibration.size == 0:
+        return None
+    allowed = int(np.floor(fpr * calibration.size + _EPS))
+    return float(calibration[allowed]) if allowed < calibration.size else float("-inf")
+
+
+def calibrated_metrics(calibration_scores: Any, benign_scores: Any, adversarial_scores: Any) -> dict[str, Any]:
+    """TPR and FPR on the evaluation inputs at thresholds chosen on the calibration inputs (1, 5, 10% FPR).
+
+    Every detector is read at the same operating points, whatever its own decision rule, and no threshold is
+    chosen on the inputs it is scored on. Each point: ``target_fpr``, ``threshold``, ``tpr`` and ``fpr`` on the
+    evaluation inputs with their Wilson 95% intervals, and ``calibration_fpr``.
+    """
+    calibration = _scores(calibration_scores, "calibration")
+    benign = _scores(benign_scores, "benign")
+    adversarial = _scores(adversarial_scores, "adversarial")
+    out: dict[str, Any] = {}
+    for name, target in CALIBRATED_FPRS.items():
+        threshold = calibrated_threshold(calibration, target)
+        if threshold is None:
+            out[f"fpr_{name}"] = None
+            continue
+        hits, false = int((adversarial > threshold).sum()), int((benign > threshold).sum())
+        out[f"fpr_{name}"] = {
+            "target_fpr": target, "threshold": threshold, "n_calibration": int(calibration.size),
+            "calibration_fpr": _round((calibration > threshold).mean()),
+            "tpr": _round(hits / adversarial.size) if adversarial.size else None,
+            "tpr_ci": wilson_interval(hits, adversarial.size),
+            "fpr": _round(false / benign.size) if benign.size else None,
+            "fpr_ci": wilson_interval(false, benign.size)}
+    return out
+
+
 def _ranks(values: np.ndarray) -> np.ndarray:
     """Dense ranks (ties share a rank), order-preserving and finite."""
     _, inverse = np.unique(values, return_inverse=True)

@@ -29,6 +29,7 @@ CSV_TABLES = {
     "detection.csv": ("detection", ["detector", "interpreter", "attack", "source", "target", "subset", "population",
                                     "n_adversarial", "n_benign", "tpr", "tpr_ci_low", "tpr_ci_high", "tnr",
                                     "tnr_ci_low", "tnr_ci_high", "auroc", "auroc_ci_low", "auroc_ci_high",
+                                    "tpr_cal_1", "fpr_cal_1", "tpr_cal_5", "fpr_cal_5", "tpr_cal_10", "fpr_cal_10",
                                     "tpr_at_fpr_1", "tpr_at_fpr_5", "tpr_at_fpr_10", "tnr_at_tpr_90", "tnr_at_tpr_95",
                                     "mask_invariance", "recovery_rate"]),
     "worst_case.csv": ("worst_case", ["detector", "interpreter", "source", "target", "subset", "n_pairs", "auroc",

@@ -147,14 +147,19 @@ class _Builder:
         self.classes = list(data.classes)
         self.n_train = len(data.train_x)
         ev = suite.spec.evaluation
-        n_eval, n_fit = ev.n_eval, ev.n_fit
+        n_eval, n_fit, n_cal = ev.n_eval, ev.n_fit, ev.n_calibration
         if limit is not None:
-            n_eval, n_fit = min(n_eval, limit), min(n_fit, limit)
+            n_eval, n_fit, n_cal = min(n_eval, limit), min(n_fit, limit), min(n_cal, limit)
         n_test = len(data.test_x)
         n_eval = min(n_eval, n_test)
         n_fit = min(n_fit, n_test - n_eval)
-        self.subset = {"seed": settings.seed, "n_test": n_test, "n_eval": n_eval, "n_fit": n_fit}
-        self.subset_key = subset_digest(self.subset)
+        n_cal = min(n_cal, n_test - n_eval - n_fit)
+        self.subset = {"seed": settings.seed, "n_test": n_test, "n_eval": n_eval, "n_fit": n_fit,
+                       "n_calibration": n_cal}
+        self.subset_key = subset_digest(self.subset)  # evaluation and fitting images: keys as before
+        from advbench.stages import calibration_indices
+
+        self.calibration_key = tensor_digest(calibration_indices(self.subset))
         self.numerics = numerics(settings)
         self.nodes: dict[str, Node] = {}
         self.points: list[Point] = []
@@ -320,7 +325,7 @@ class _Builder:
             params = {"detector": dname, "interpreter": iname, "target": target, "env": env, "fit_key": fit_key,
                       "fit_images": self.images("fit"), "eval_fit_images": self.images("eval+fit"),
                       "fit_adversarial": adv["key"] if adversarial_fit else None,
-                      "images": {"benign": self.images("eval"),
+                      "images": {"benign": self.images("eval"), "calibration": self.images("calibration"),
                                  "adversarial": self.images("adversarial", key=adv["key"], start=0, stop=n_eval)}}
             common = dict(plugin=_with_kind(dreg), options=_options(doptions),
                           resources={"cpus": 1, "gpus": 0, "memory_mb": 4096})
@@ -337,6 +342,14 @@ class _Builder:
                 adversarial_key = make_key("scores-adversarial", {}, [fit_key, adv["key"]])
                 self.add(Node(adversarial_key, "scores", label, self.settings, inputs=reads,
                               params={**params, "parts": ["adversarial"]}, **common))
+            # held-out benign images, scored by the same fitted model: its thresholds at fixed FPRs come from here
+            calibration_key = None
+            if self.subset["n_calibration"]:
+                calibration_key = make_key("scores-calibration", {"subset": self.calibration_key}, [fit_key])
+                self.add(Node(calibration_key, "scores", f"{name}, calibration" + (f" ({aname})" if adversarial_fit
+                                                                                     else ""), self.settings,
+                              inputs=reads if adversarial_fit else env_inputs,
+                              params={**params, "parts": ["calibration"]}, **common))
             labels_key = benign_labels = None
             if interp is not None:
                 labels_key = make_key("mask-labels", {"set": "adversarial", "numerics": self.numerics},
@@ -352,6 +365,7 @@ class _Builder:
                 "score_definition": getattr(dreg.cls, "score_definition", None) or dreg.cls.description,
                 "adversarial_fit": adversarial_fit,
                 "benign": benign_key, "adversarial": adversarial_key, "attack_key": adv["key"],
+                "calibration": calibration_key,
                 "labels": labels_key, "benign_labels": benign_labels})
 
     def gallery(self, point: Point, target: str, victim: Node, interp: dict[str, Any],

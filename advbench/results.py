@@ -78,6 +78,7 @@ class Dataset(Row):
 class Evaluation(Row):
     n_eval: int
     n_fit: int
+    n_calibration: Optional[int] = Field(None, description="benign images the thresholds are chosen on")
     benign_pairing: Optional[str] = None
 
 
@@ -155,6 +156,19 @@ class Metrics(Row):
     auroc_ci: Optional[list[float]] = Field(None, description="DeLong 95% interval of auroc")
 
 
+class CalibratedPoint(Row):
+    """A detector read at a threshold chosen on the calibration images for a target FPR."""
+
+    target_fpr: float
+    threshold: Optional[float] = Field(description="a score strictly above it is flagged; null when infinite")
+    n_calibration: int
+    calibration_fpr: Optional[float] = None
+    tpr: Optional[float] = None
+    tpr_ci: Optional[list[float]] = None
+    fpr: Optional[float] = Field(None, description="on the evaluation's benign inputs")
+    fpr_ci: Optional[list[float]] = None
+
+
 class DetectionRow(Metrics):
     """One (detector, interpreter, attack, source, target, subset, population)."""
 
@@ -171,6 +185,8 @@ class DetectionRow(Metrics):
     recovery_rate: Optional[float] = None
     score_definition: Optional[str] = None
     sweep: Optional[Sweep] = None
+    calibrated: Optional[dict[str, Optional[CalibratedPoint]]] = Field(
+        None, description="fpr_1, fpr_5, fpr_10: TPR/FPR at thresholds chosen on held-out benign images")
 
 
 class WorstCaseRow(Metrics):

@@ -267,12 +267,13 @@ class Assembler:
         groups: dict[tuple, dict[str, Any]] = {}
         for d in point.detections:
             if (d["attack"], d["source"]) not in attacks or not self.ready(d["benign"], d["adversarial"], d["labels"],
-                                                                           d["benign_labels"]):
+                                                                           d["benign_labels"], d.get("calibration")):
                 continue
             adv = attacks[(d["attack"], d["source"])]
             success = ((adv["pred_clean"] == y) & (adv["pred_adv"] != y))[:n_eval]
             benign = self.driver.load(d["benign"])["benign"]
             scores = {"benign": benign, "adversarial": self.driver.load(d["adversarial"])["adversarial"]}
+            calibration = self.driver.load(d["calibration"])["calibration"]["score"] if d.get("calibration") else None
             labels = self.driver.load(d["labels"])["labels"] if d["labels"] else None
             benign_labels = self.driver.load(d["benign_labels"])["labels"] if d["benign_labels"] else None
             group = groups.setdefault((d["detector"], d["interpreter"], d["source"], d["target"]), {})
@@ -288,6 +289,12 @@ class Assembler:
                            "source": d["source"], "target": d["target"], "subset": subset, "population": population,
                            "score_definition": d["score_definition"], **sweep}
                     row.update(_metrics(scores, chosen))
+                    if calibration is not None:  # thresholds from held-out benign images, the same for every row
+                        row["calibrated"] = metrics.calibrated_metrics(
+                            calibration, scores["benign"]["score"][chosen], scores["adversarial"]["score"][chosen])
+                        for name, reading in row["calibrated"].items():
+                            row[f"tpr_cal_{name[4:]}"] = reading["tpr"] if reading else None
+                            row[f"fpr_cal_{name[4:]}"] = reading["fpr"] if reading else None
                     if labels is not None:
                         adv_labels = labels[chosen]
                         row["mask_invariance"] = metrics.mask_invariance(benign_labels[chosen], adv_labels) \
@@ -440,6 +447,7 @@ def run_suite(suite: Suite, run_dir: Path, device: Any, cache: Cache, limit: Opt
         results["dataset"] = {"plugin": dnode.label, "classes": data.classes, "n_train": len(data.train_x),
                               "n_test": len(data.test_x)}
         results["evaluation"] = {"n_eval": len(eval_idx), "n_fit": len(fit_idx),
+                                 "n_calibration": plan.subset["n_calibration"],
                                  "benign_pairing": "the benign originals of the adversarial inputs counted"}
         driver = Driver(plan, cache, executor, on_event)
         driver.records.append(data_record)

@@ -227,6 +227,12 @@ def train_split(data: DataSplits, limit: Optional[int], seed: int) -> tuple[torc
     return data.train_x, data.train_y
 
 
+def calibration_indices(subset: dict[str, Any]) -> torch.Tensor:
+    """The benign calibration images: after the evaluation and fitting images in the seeded test order."""
+    start = subset["n_eval"] + subset["n_fit"]
+    return test_order(subset)[start:start + subset.get("n_calibration", 0)]
+
+
 def images(worker: Worker, spec: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
     """An image set a node reads, from plain data: the evaluation or fitting images, the first N of the test order,
     the whole test set, or a slice of an adversarial set."""
@@ -241,6 +247,9 @@ def images(worker: Worker, spec: dict[str, Any]) -> tuple[torch.Tensor, torch.Te
         return data.test_x, data.test_y
     if spec["set"] == "test-order":
         idx = test_order(spec["subset"])[:spec["n"]]
+        return data.test_x[idx], data.test_y[idx]
+    if spec["set"] == "calibration":
+        idx = calibration_indices(spec["subset"])
         return data.test_x[idx], data.test_y[idx]
     eval_idx, fit_idx = subset_indices(spec["subset"])
     idx = {"eval": eval_idx, "fit": fit_idx, "eval+fit": torch.cat([eval_idx, fit_idx])}[spec["set"]]

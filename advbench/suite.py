@@ -56,6 +56,8 @@ class EvaluationSpec(_Strict):
     pairs: list[PairSpec] = Field(min_length=1)
     n_eval: int = Field(500, ge=1, description="test images attacked for the evaluation pairs")
     n_fit: int = Field(200, ge=0, description="further test images, disjoint, to fit detectors that learn")
+    n_calibration: int = Field(200, ge=0, description="further benign test images, disjoint from both, on which "
+                                                      "every detector's thresholds at 1, 5 and 10% FPR are chosen")
     filtered: bool = Field(True, description="also report rows on inputs whose benign mask f2 reads correctly")
     mask_train_limit: Optional[int] = Field(None, ge=1, description="default mask_train_limit of every interpreter")
     n_mask_eval: Optional[int] = Field(None, ge=1, description="test images whose benign masks measure f2's "

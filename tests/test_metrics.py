@@ -166,3 +166,18 @@ def test_detection_rows_carry_their_intervals():
     assert out["tnr"] == 0.75 and out["tnr_ci"] == metrics.wilson_interval(3, 4)
     low, high = out["auroc_ci"]
     assert 0 <= low <= out["auroc"] <= high <= 1
+
+
+def test_calibrated_thresholds_come_from_the_calibration_scores_alone():
+    calibration = np.arange(100) / 100.0  # 0.00 .. 0.99
+    benign, adversarial = np.array([0.2, 0.95, 0.999]), np.array([0.5, 0.97, 0.999, 1.5])
+    first = metrics.calibrated_metrics(calibration, benign, adversarial)
+    assert first["fpr_5"]["threshold"] == 0.94 and first["fpr_5"]["calibration_fpr"] == 0.05
+    assert first["fpr_1"]["threshold"] == 0.98 and first["fpr_10"]["threshold"] == 0.89
+    assert first["fpr_5"]["tpr"] == 0.75 and first["fpr_5"]["fpr"] == pytest.approx(2 / 3, abs=1e-6)
+    # other evaluation scores move the rates, never the thresholds
+    second = metrics.calibrated_metrics(calibration, benign * 0.1, adversarial * 10)
+    for name in ("fpr_1", "fpr_5", "fpr_10"):
+        assert second[name]["threshold"] == first[name]["threshold"]
+    assert second["fpr_5"]["fpr"] == 0.0 and second["fpr_5"]["tpr"] == 1.0
+    assert metrics.calibrated_metrics([], benign, adversarial)["fpr_5"] is None

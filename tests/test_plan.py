@@ -189,3 +189,55 @@ def test_the_controls_run_beside_the_interpretation(tmp_path):
     assert {(r["detector"], r["interpreter"]) for r in rows} == {("contrastive", "gradient"),
                                                                  ("contrastive", "raw-pixels"), ("msp", None)}
     assert all(0 <= r["auroc"] <= 1 for r in rows if r["auroc"] is not None)
+
+
+def test_every_detector_is_read_at_thresholds_chosen_on_calibration_images_only(tmp_path, monkeypatch):
+    """A detector whose score is known (an image's mean brightness): its thresholds equal those computed from the
+    held-out calibration images alone, and another attack (other evaluation scores) leaves them where they are."""
+    import numpy as np
+    import torch
+    from click.testing import CliRunner
+
+    import advbench
+    from advbench import api, metrics, plugins
+    from advbench.cli import main
+    from advbench.plan import Settings, build_plan, data_node
+    from advbench.stages import calibration_indices, load_dataset
+    from advbench.suite import load_suite
+
+    class Brightness(api.Detector):
+        name = "zz-brightness"
+        description = "the image's mean brightness"
+
+        def score(self, env, x, ctx):
+            return api.DetectorOutput(score=x.mean(dim=(1, 2, 3)))
+
+    class Plugin:
+        @advbench.hookimpl
+        def register_detectors(register):
+            register(Brightness)
+
+    monkeypatch.setenv("ADVBENCH_CACHE", str(tmp_path / "cache"))
+    plugins.register_plugin(Plugin, name="zz-brightness-plugin")
+    try:
+        thresholds = []
+        for eps in (0.1, 0.3):
+            suite = small_digits(tmp_path, detectors={"zz-brightness": {}})
+            out = tmp_path / f"run-{eps}"
+            result = CliRunner().invoke(main, ["run", suite, "--out", str(out), "--no-report", "--threads", "1",
+                                               "--set", f"attacks.fgsm.options.eps={eps}"])
+            assert result.exit_code == 0, result.output
+            rows = [r for r in load_results(out)["detection"] if r["attack"] == "fgsm" and r["subset"] == "all"]
+            thresholds.append({name: point["threshold"] for name, point in rows[0]["calibrated"].items()})
+        loaded = load_suite(suite)
+        settings = Settings(cache_root=str(tmp_path / "cache"), seed=loaded.spec.seed)
+        data = load_dataset(data_node(loaded, settings))
+        plan = build_plan(loaded, data, settings)
+        calibration = data.test_x[calibration_indices(plan.subset)].mean(dim=(1, 2, 3)).numpy()
+    finally:
+        plugins.unregister_plugin(Plugin)
+    assert len(calibration) == 200
+    expected = {f"fpr_{n}": metrics.calibrated_threshold(calibration, q) for n, q in metrics.CALIBRATED_FPRS.items()}
+    assert thresholds[0] == pytest.approx(expected) and thresholds[1] == thresholds[0]
+    assert np.isclose(expected["fpr_5"], np.sort(calibration)[::-1][10])
+    del torch
