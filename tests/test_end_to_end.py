@@ -24,6 +24,20 @@ CONTRACT = {
 }
 
 
+def kill_once_stored(proc: subprocess.Popen, cache: Path, stage: str, poll: float) -> None:
+    """kill -9 a run (its whole process group) as soon as its cache holds an entry of ``stage``."""
+    deadline = time.time() + 600
+    try:
+        while time.time() < deadline and proc.poll() is None:
+            if any(json.loads(m.read_text()).get("stage") == stage for m in cache.glob("*/*.json")):
+                break
+            time.sleep(poll)
+        assert proc.poll() is None, "the run ended before it could be killed"
+        os.killpg(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait()
+
+
 def test_digits_run_writes_the_results_contract(digits_run):
     results = load_results(digits_run)
     for key in CONTRACT["top"]:
@@ -91,17 +105,7 @@ def test_killed_run_resumes_to_the_same_results(digits_run, tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "advbench.cli", "run", "suites/digits.yaml", "--out", str(out),
                              "--no-report"], cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
-    deadline = time.time() + 600
-    try:
-        while time.time() < deadline and proc.poll() is None:
-            metas = list(cache.glob("*/*.json"))
-            if any(json.loads(m.read_text()).get("stage") == "victim" for m in metas):
-                break
-            time.sleep(0.2)
-        assert proc.poll() is None, "the run ended before it could be killed"
-        os.killpg(proc.pid, signal.SIGKILL)
-    finally:
-        proc.wait()
+    kill_once_stored(proc, cache, "victim", poll=0.2)
     resumed = tmp_path / "resumed"
     advbench_cli("run", "suites/digits.yaml", "--out", str(resumed), "--no-report", cache=cache)
     results = load_results(resumed)
@@ -255,16 +259,7 @@ def test_a_kill_during_victim_training_resumes_from_the_last_finished_epoch(tmp_
     proc = subprocess.Popen([sys.executable, "-m", "advbench.cli", "run", str(suite), "--out", str(tmp_path / "killed"),
                              "--no-report", "--threads", "1"], cwd=REPO, env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
-    deadline = time.time() + 600
-    try:
-        while time.time() < deadline and proc.poll() is None:
-            if any(json.loads(m.read_text()).get("stage") == "progress" for m in cache.glob("*/*.json")):
-                break
-            time.sleep(0.02)
-        assert proc.poll() is None, "the run ended before it could be killed"
-        os.killpg(proc.pid, signal.SIGKILL)
-    finally:
-        proc.wait()
+    kill_once_stored(proc, cache, "progress", poll=0.02)
     resumed = tmp_path / "resumed"
     advbench_cli("run", str(suite), "--out", str(resumed), "--no-report", "--threads", "1", cache=cache)
     log = (resumed / "run.log").read_text()
