@@ -139,3 +139,80 @@ def test_device_noise_path_keeps_explain_batch_independent(name, options, images
     assert (masks - other_seed).abs().max() > 1e-2
     monkeypatch.undo()
     assert (masks - interp.explain(None, victim, x, ctx())).abs().max() > 1e-2  # the CPU path has its own numbers
+
+
+# ---------------------------------------------------------------------- victim training
+
+
+def _augment_reference(x: torch.Tensor, generator: torch.Generator, flip: bool = True, pad: int = 4) -> torch.Tensor:
+    """The per-image loop augment_batch replaced (host lists of offsets), kept as the CPU reference."""
+    n, _, h, w = x.shape
+    padded = nn.functional.pad(x, (pad, pad, pad, pad))
+    dx = torch.randint(0, 2 * pad + 1, (n,), generator=generator).tolist()
+    dy = torch.randint(0, 2 * pad + 1, (n,), generator=generator).tolist()
+    out = torch.stack([padded[i, :, dy[i]:dy[i] + h, dx[i]:dx[i] + w] for i in range(n)])
+    if flip:
+        mirror = torch.rand(n, generator=generator) < 0.5
+        out[mirror] = out[mirror].flip(-1)
+    return out
+
+
+@pytest.mark.parametrize("flip", [True, False])
+def test_augment_batch_is_the_old_loop_bit_for_bit(images, flip):
+    from advbench_victims._training import augment_batch
+
+    x = images[0][:40]
+    g1, g2 = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+    for _ in range(3):  # the generator advances the same way too
+        assert torch.equal(augment_batch(x, g1, flip=flip), _augment_reference(x, g2, flip=flip))
+    assert torch.equal(g1.get_state(), g2.get_state())
+
+
+class MemoryStore:
+    def __init__(self, state=None, stop_after=None):
+        self.state, self.saved, self.stop_after = state, [], stop_after
+
+    def save(self, state):
+        self.saved.append({k: v for k, v in state.items()})
+        if self.stop_after is not None and state["epoch"] >= self.stop_after:
+            raise KeyboardInterrupt
+
+    def load(self):
+        return self.state
+
+
+def _fit(images, store=None, **options):
+    victim = lookup("victim", "small-cnn").cls(epochs=3, width=8, augment=True, **options)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(1)
+        model = victim.build((3, 8, 8), 10)
+        ctx = RunContext(device=torch.device("cpu"), batch_size=32, seed=2, checkpoint=store)
+        victim.fit(model, images[0], images[1], ctx)
+    return model.state_dict()
+
+
+def test_amp_is_ignored_on_the_cpu_and_left_out_of_the_key_when_off(images, caplog):
+    options = lookup("victim", "small-cnn").cls.Options
+    assert "amp" not in options().model_dump(mode="json")
+    assert options(amp="bf16").model_dump(mode="json")["amp"] == "bf16"
+    plain = _fit(images)
+    with caplog.at_level("INFO", logger="advbench.victims"):
+        amp = _fit(images, amp="bf16")
+    assert all(torch.equal(plain[k], amp[k]) for k in plain)
+    assert sum("CUDA only" in r.getMessage() for r in caplog.records) <= 1
+
+
+def test_training_resumes_from_a_saved_epoch_to_the_same_weights(images):
+    full = _fit(images)
+    store = MemoryStore(stop_after=1)
+    with pytest.raises(KeyboardInterrupt):
+        _fit(images, store)
+    resumed = _fit(images, MemoryStore(state=store.saved[-1]))
+    assert all(torch.equal(full[k], resumed[k]) for k in full)
+
+
+def test_normalize_keeps_the_cpu_layout(images):
+    from advbench_victims._training import Normalize
+
+    out = Normalize(3)(images[0][:4])
+    assert out.is_contiguous() and torch.equal(out, images[0][:4])
