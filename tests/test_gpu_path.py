@@ -216,3 +216,15 @@ def test_normalize_keeps_the_cpu_layout(images):
 
     out = Normalize(3)(images[0][:4])
     assert out.is_contiguous() and torch.equal(out, images[0][:4])
+
+
+# ---------------------------------------------------------------------- JSMA's stopping test
+
+
+def test_jsma_stops_when_every_image_reached_its_target(images, victim):
+    x = images[0][:16]
+    with torch.no_grad():
+        predicted = victim(x).argmax(1)
+    attack = lookup("attack", "jsma").cls()
+    out = attack.run(victim, x, (predicted + 1) % 10, ctx(), target=predicted)
+    assert torch.equal(out, x)
