@@ -55,6 +55,8 @@ class Mahalanobis(DeviceCache, Detector):
         """N x C squared Mahalanobis distances (inf for classes with no training data)."""
         means = self.on_device("means", self._means, features.device)
         precision = self.on_device("precision", self._precision, features.device)
+        # float64 kept: the precision is a pseudo-inverse of a covariance that is often ill-conditioned, and the
+        # expansion f'Pf - 2 f'P mu + mu'P mu cancels badly in float32 for an input near a class mean
         f = features.double()
         valid = ~torch.isnan(means[:, 0])
         mu = torch.where(valid[:, None], means, torch.zeros_like(means))

@@ -7,7 +7,8 @@ Conventions every interpreter here follows:
   ``torch.no_grad()`` (``torch.inference_mode()`` cannot be undone and is not supported);
 - every sample's mask depends on that sample alone: maps are normalized per sample, and where noise is needed
   each sample gets its own generator, seeded from the run seed and a hash of the sample's bytes, so the mask
-  is the same whether the sample is explained alone or inside any batch (see ``sample_generators``).
+  is the same whether the sample is explained alone or inside any batch (see ``sample_generators``); on CUDA
+  the hash and the noise are computed on the device instead (``SampleNoise``).
 """
 
 from __future__ import annotations
@@ -91,3 +92,94 @@ def per_sample_noise(gens: list[torch.Generator], shape: tuple[int, ...], kind: 
     """Stack one draw of ``shape`` per generator: "normal" (N(0, 1)) or "uniform" (U[0, 1))."""
     draw = torch.randn if kind == "normal" else torch.rand
     return torch.stack([draw(shape, generator=g) for g in gens]).to(device)
+
+
+# ---------------------------------------------------------------------- the device path
+# Hashing each sample on the host costs one device-to-host copy and sync per image, and drawing its noise from a
+# CPU generator costs a host-to-device copy per draw. On an accelerator the per-sample noise is instead
+# counter-based: a 32-bit integer hash of (the sample's content hash, the draw's number, the element's index),
+# all tensor ops on the device, with no transfer and no sync. It keeps the properties the CPU path has
+# (deterministic for a seed, each sample's noise independent of the rest of the batch) but not its numbers, so
+# it is used only where it saves something: on CUDA. On the CPU the per-sample generators above stay the
+# reference, bit for bit, so the CPU's cached results and reference reports stay valid.
+
+_MASK32 = 0xFFFF_FFFF
+
+
+def _mul32(x: torch.Tensor, c: int) -> torch.Tensor:
+    """``x * c mod 2**32`` for x in [0, 2**32) held in int64, without overflowing int64 (two 16-bit halves of c)."""
+    return (x * (c & 0xFFFF) + (((x * (c >> 16)) & 0xFFFF) << 16)) & _MASK32
+
+
+def mix32(x: torch.Tensor) -> torch.Tensor:
+    """A bijective 32-bit integer hash (Wellons' "lowbias32") of int64 tensors holding values in [0, 2**32)."""
+    x = x ^ (x >> 16)
+    x = _mul32(x, 0x7FEB352D)
+    x = x ^ (x >> 15)
+    x = _mul32(x, 0x846CA68B)
+    return x ^ (x >> 16)
+
+
+def device_digests(x: torch.Tensor) -> torch.Tensor:
+    """N x 2 int64 (two 32-bit lanes) hashing each sample's float32 values, on x's device, in one pass per batch.
+
+    Each element's bit pattern is mixed with a key from its position and the results summed per sample (a
+    position-keyed multiset hash: exact integer arithmetic, so any batch or device gives the same digest).
+    """
+    n = len(x)
+    bits = x.detach().float().contiguous().view(torch.int32).reshape(n, -1).to(torch.int64) & _MASK32
+    pos = torch.arange(bits.shape[1], device=x.device, dtype=torch.int64)
+    lanes = []
+    for key in (0x9E3779B9, 0x85EBCA6B):
+        mixed = mix32(bits ^ mix32((pos + key) & _MASK32))
+        total = mixed.sum(dim=1)                      # < 2**32 * elements: no int64 overflow below 2**31 elements
+        lanes.append(mix32((total ^ (total >> 32)) & _MASK32))
+    return torch.stack(lanes, dim=1)
+
+
+class SampleNoise:
+    """Per-sample noise for a batch, each sample's draws depending only on the run seed, ``salt``, the sample's
+    content and how many draws came before (not on the rest of the batch).
+
+    On the CPU (default there) each sample has a CPU generator seeded by a SHA-256 of its bytes
+    (``sample_generators``): the reference numbers. On CUDA (default there; ``on_device`` forces either) the
+    noise is counter-based on the device (``mix32`` of the sample's ``device_digests``, the draw's number and the
+    element's index): no host round trip per image or per draw. The two paths give different numbers.
+    """
+
+    def __init__(self, ctx: RunContext, x: torch.Tensor, *salt: object, on_device: Optional[bool] = None) -> None:
+        self.device = x.device
+        self.on_device = x.device.type == "cuda" if on_device is None else on_device
+        self.draws = 0
+        if self.on_device:
+            seed = ctx.derive_seed(*salt, "device-noise")
+            keys = device_digests(x)
+            self.keys = torch.stack([mix32(keys[:, 0] ^ (seed & _MASK32)),
+                                     mix32(keys[:, 1] ^ ((seed >> 32) & _MASK32))], dim=1)
+        else:
+            self.gens = sample_generators(ctx, x, *salt)
+
+    def draw(self, shape: tuple[int, ...], kind: str) -> torch.Tensor:
+        """One draw of ``shape`` per sample (N x shape, float32 on x's device): "normal" or "uniform" [0, 1)."""
+        if not self.on_device:
+            return per_sample_noise(self.gens, shape, kind, self.device)
+        self.draws += 1
+        numel = 1
+        for size in shape:
+            numel *= int(size)
+        if kind == "normal":
+            u1, u2 = self._uniform(2 * numel).view(len(self.keys), 2, numel).unbind(1)
+            # Box-Muller; 1 - u1 lies in (0, 1], so the log is finite
+            out = torch.sqrt(-2.0 * torch.log1p(-u1)) * torch.cos((2.0 * torch.pi) * u2)
+        else:
+            out = self._uniform(numel)
+        return out.view(len(self.keys), *shape)
+
+    def _uniform(self, numel: int) -> torch.Tensor:
+        """N x numel U[0, 1) float32 with 24 random bits each, from (sample key, draw number, element index)."""
+        lo, hi = self.keys[:, 0:1], self.keys[:, 1:2]
+        step = mix32(hi ^ mix32(torch.full_like(hi, (self.draws * 0x9E3779B9) & _MASK32)))
+        stream = mix32(lo ^ step)                                                    # N x 1, one per sample
+        index = torch.arange(numel, device=self.device, dtype=torch.int64).unsqueeze(0)
+        bits = mix32(mix32(index ^ stream) ^ hi)
+        return (bits >> 8).to(torch.float32) * (1.0 / (1 << 24))

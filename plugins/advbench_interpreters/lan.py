@@ -111,7 +111,10 @@ class LatentAttentionNetwork(api.Interpreter):
             net.std.copy_(torch.where(std > 1e-6, std, torch.ones_like(std)).float())
         net.reset_parameters(ctx.generator("lan", "init"))
         order_gen = ctx.generator("lan", "order")
-        noise_gen = ctx.generator("lan", "noise")
+        # U[0, 1] noise is drawn where it is used: on CUDA from a device generator (no copy per step; other numbers
+        # than the CPU's), on the CPU from the CPU generator as always. Bootstrap picks index the CPU images.
+        on_cuda = device.type == "cuda" and opt.noise == "uniform"
+        noise_gen = ctx.generator("lan", "noise", device=device if on_cuda else None)
         n = len(train_x)
         size = opt.batch_size or ctx.batch_size
         per_epoch = math.ceil(n / size)
@@ -123,7 +126,9 @@ class LatentAttentionNetwork(api.Interpreter):
                 for start in range(0, n, size):
                     yield epoch, order[start:start + size]
 
-        sums = [0.0] * opt.epochs
+        # the loss is summed on the device (float64, the same sums the host made from each float(loss)) and read
+        # once at the end: no sync per step
+        sums = torch.zeros(opt.epochs, dtype=torch.float64, device=device)
         counts = [0] * opt.epochs
         net.train()
         with torch.enable_grad():
@@ -138,10 +143,10 @@ class LatentAttentionNetwork(api.Interpreter):
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
-                sums[epoch] += float(loss.detach()) * len(idx)
+                sums[epoch] += loss.detach().double() * len(idx)
                 counts[epoch] += len(idx)
         net.eval()
-        self.history = [s / max(1, c) for s, c in zip(sums, counts)]
+        self.history = [s / max(1, c) for s, c in zip(sums.tolist(), counts)]
 
     def _noise(self, train_x: torch.Tensor, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         kind = self.options.noise
@@ -149,7 +154,7 @@ class LatentAttentionNetwork(api.Interpreter):
             picks = torch.randint(len(train_x), (len(x),), generator=gen)
             return train_x[picks].to(x.device, x.dtype, non_blocking=True)
         if kind == "uniform":
-            return torch.rand(x.shape, generator=gen).to(x.device, x.dtype)
+            return torch.rand(x.shape, generator=gen, device=gen.device).to(x.device, x.dtype)
         return torch.full_like(x, self.options.noise_value)
 
     def _check_state(self, state: Optional[nn.Module]) -> LatentAttentionNet:

@@ -9,7 +9,7 @@ from pydantic import Field
 from torch import nn
 
 from advbench import api
-from advbench_interpreters._common import per_sample_noise, sample_generators
+from advbench_interpreters._common import SampleNoise
 from advbench_interpreters._lan import (LossKind, OutputKind, corrupt, fidelity_loss, gaussian_blur, make_output,
                                         sample_mean)
 
@@ -25,7 +25,8 @@ class LANPerSample(api.Interpreter):
     redrawn at every step (default), a Gaussian blur of x (``blur``, width ``blur_sigma``), or ``noise_value``
     (``constant``). The batch is optimized at once but the loss is a sum of per-sample terms and Adam is
     element-wise, so samples stay independent; uniform noise comes from a generator per sample seeded by the
-    run seed and the sample's content, so a mask does not depend on the rest of the batch.
+    run seed and the sample's content, so a mask does not depend on the rest of the batch (on CUDA the noise is
+    drawn on the device instead, counter-based: other numbers than on the CPU, see ``_common.SampleNoise``).
 
     Nothing is trained ahead (``build`` returns None). Output as ``lan``: ``importance`` = 1 - A (DEFAULT),
     ``mask`` = A, ``masked_image`` = (1 - A) * x; C channels, or 1 with ``shared_channels``.
@@ -56,7 +57,7 @@ class LANPerSample(api.Interpreter):
         n, c, h, w = x.shape
         with torch.no_grad():
             logits = victim(x)
-        gens = sample_generators(ctx, x, "lan-per-sample") if opt.noise == "uniform" else None
+        noise = SampleNoise(ctx, x, "lan-per-sample") if opt.noise == "uniform" else None
         if opt.noise == "blur":
             fixed_eta = gaussian_blur(x, opt.blur_sigma)
         elif opt.noise == "constant":
@@ -68,7 +69,7 @@ class LANPerSample(api.Interpreter):
         optimizer = torch.optim.Adam([m], lr=opt.lr)
         with torch.enable_grad():
             for _ in range(opt.steps):
-                eta = fixed_eta if gens is None else per_sample_noise(gens, (c, h, w), "uniform", x.device)
+                eta = fixed_eta if noise is None else noise.draw((c, h, w), "uniform")
                 a = torch.sigmoid(m)
                 per_sample = fidelity_loss(victim(corrupt(x, a, eta)), logits, opt.loss) - opt.beta * sample_mean(a)
                 optimizer.zero_grad(set_to_none=True)

@@ -9,8 +9,8 @@ from pydantic import Field
 from torch import nn
 
 from advbench import api
-from advbench_interpreters._common import (channel_max, chunked_gradient, normalize_per_sample, per_sample_noise,
-                                           predicted_labels, sample_generators)
+from advbench_interpreters._common import (SampleNoise, channel_max, chunked_gradient, normalize_per_sample,
+                                           predicted_labels)
 
 
 class SmoothGrad(api.Interpreter):
@@ -24,7 +24,8 @@ class SmoothGrad(api.Interpreter):
     (masks are N x 1 x H x W), then the per-sample percentile clip and scaling of ``gradient``.
 
     The noise comes from a generator per sample seeded by the run seed and the sample's content, so masks are
-    deterministic for a seed and do not depend on the rest of the batch.
+    deterministic for a seed and do not depend on the rest of the batch (on CUDA it is drawn on the device,
+    counter-based: other numbers than on the CPU, see ``_common.SampleNoise``).
     """
 
     name = "smoothgrad"
@@ -42,8 +43,7 @@ class SmoothGrad(api.Interpreter):
         opt = self.options
         n, s = len(x), opt.n_samples
         labels = predicted_labels(victim, x)
-        gens = sample_generators(ctx, x, "smoothgrad")
-        noise = per_sample_noise(gens, (s, *x.shape[1:]), "normal", x.device)         # N x S x C x H x W
+        noise = SampleNoise(ctx, x, "smoothgrad").draw((s, *x.shape[1:]), "normal")  # N x S x C x H x W
         flat = x.reshape(n, -1)
         sigma = (opt.noise_level * (flat.amax(1) - flat.amin(1))).view(n, 1, 1, 1, 1)
         noisy = (x.unsqueeze(1) + sigma * noise).reshape(n * s, *x.shape[1:])

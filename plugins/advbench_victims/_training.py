@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Optional
+from typing import Any, Iterator, Literal, Optional
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field
+from pydantic import Field, model_serializer
 from torch import nn
 
 from advbench.api import Options, RunContext
@@ -26,6 +26,18 @@ class TrainOptions(Options):
     batch_size: int = Field(128, ge=1, le=8192)
     augment: bool = Field(True, description="random crop (4-pixel padding) and horizontal flip")
     label_smoothing: float = Field(0.0, ge=0, lt=1)
+    amp: Literal["off", "bf16", "fp16"] = Field(
+        "off", description="mixed precision for training on CUDA (bf16, or fp16 with loss scaling); ignored on "
+                           "the CPU, which always trains in float32; inference stays float32")
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler: Any) -> dict[str, Any]:
+        # "amp: off" is what every recipe did before the option existed: leave it out of the dump (which is the
+        # cache key's options) so the victims cached before it stay valid
+        data = handler(self)
+        if isinstance(data, dict) and data.get("amp") == "off":
+            data.pop("amp")
+        return data
 
 
 class Normalize(nn.Module):
@@ -41,20 +53,78 @@ class Normalize(nn.Module):
         self.std.copy_(x.std(dim=(0, 2, 3), keepdim=True).clamp_min(1e-3))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return (x - self.mean) / self.std
+        out = (x - self.mean) / self.std
+        if out.is_cuda and out.dim() == 4:
+            # channels-last from the first layer on: cuDNN then runs every convolution in NHWC (faster at
+            # inference too). Only on CUDA: on the CPU oneDNN's channels-last convolutions round differently in
+            # the last bits, and the CPU's numbers must not move.
+            out = out.contiguous(memory_format=torch.channels_last)
+        return out
 
 
 def augment_batch(x: torch.Tensor, generator: torch.Generator, flip: bool = True, pad: int = 4) -> torch.Tensor:
-    """Random crop after zero padding and random horizontal flip, drawn from ``generator``."""
-    n, _, h, w = x.shape
+    """Random crop after zero padding and random horizontal flip, drawn from ``generator``.
+
+    Tensor ops only (a gather, no per-image loop and no host round trip), on x's device; the draws are made on
+    the generator's device and moved to x's. Pure copies: the same draws give the same pixels anywhere.
+    """
+    n, c, h, w = x.shape
     padded = F.pad(x, (pad, pad, pad, pad))
-    dx = torch.randint(0, 2 * pad + 1, (n,), generator=generator).tolist()
-    dy = torch.randint(0, 2 * pad + 1, (n,), generator=generator).tolist()
-    out = torch.stack([padded[i, :, dy[i]:dy[i] + h, dx[i]:dx[i] + w] for i in range(n)])
+    dx = torch.randint(0, 2 * pad + 1, (n,), generator=generator, device=generator.device).to(x.device)
+    dy = torch.randint(0, 2 * pad + 1, (n,), generator=generator, device=generator.device).to(x.device)
+    rows = (dy.view(n, 1) + torch.arange(h, device=x.device)).view(n, 1, h, 1)
+    cols = (dx.view(n, 1) + torch.arange(w, device=x.device)).view(n, 1, 1, w)
+    images = torch.arange(n, device=x.device).view(n, 1, 1, 1)
+    channels = torch.arange(c, device=x.device).view(1, c, 1, 1)
+    out = padded[images, channels, rows, cols]
     if flip:
-        mirror = torch.rand(n, generator=generator) < 0.5
-        out[mirror] = out[mirror].flip(-1)
+        mirror = (torch.rand(n, generator=generator, device=generator.device) < 0.5).to(x.device)
+        out = torch.where(mirror.view(n, 1, 1, 1), out.flip(-1), out)
     return out
+
+
+def _on_device(train_x: torch.Tensor, train_y: torch.Tensor, device: torch.device
+               ) -> Optional[tuple[torch.Tensor, torch.Tensor]]:
+    """The training set copied to the device once per fit, when it takes under a quarter of the free memory."""
+    free, _ = torch.cuda.mem_get_info(device)
+    if train_x.nbytes + train_y.nbytes >= free // 4:
+        return None
+    return train_x.to(device), train_y.to(device)
+
+
+def _device_batches(resident: Optional[tuple[torch.Tensor, torch.Tensor]], train_x: torch.Tensor,
+                    train_y: torch.Tensor, ctx: RunContext, generator: torch.Generator,
+                    batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """``ctx.batches(..., shuffle=True)`` for CUDA: the same order, drawn from the same CPU generator; a batch is
+    a gather on the device from the ``resident`` copy, or, without one, a gather into pinned host memory copied
+    without blocking (``t[idx]`` of a pinned tensor is not pinned, so pinning the source would not help)."""
+    n = len(train_x)
+    order = torch.randperm(n, generator=generator)
+    if resident is not None:
+        order = order.to(ctx.device, non_blocking=True)
+        for start in range(0, n, batch_size):
+            idx = order[start:start + batch_size]
+            yield resident[0][idx], resident[1][idx]
+        return
+    for start in range(0, n, batch_size):
+        idx = order[start:start + batch_size]
+        yield (train_x[idx].pin_memory().to(ctx.device, non_blocking=True),
+               train_y[idx].pin_memory().to(ctx.device, non_blocking=True))
+
+
+_AMP_NOTED: set[str] = set()
+
+
+def _autocast(opts: TrainOptions, device: torch.device, label: str):
+    """The autocast context of ``opts.amp`` on CUDA; on the CPU "off" always (said once in the log)."""
+    if opts.amp == "off":
+        return None
+    if device.type != "cuda":
+        if label not in _AMP_NOTED:
+            _AMP_NOTED.add(label)
+            log.info("%s: amp %s is for CUDA only; training in float32 on %s", label, opts.amp, device.type)
+        return None
+    return torch.autocast("cuda", dtype=torch.bfloat16 if opts.amp == "bf16" else torch.float16)
 
 
 def train_classifier(model: nn.Module, train_x: torch.Tensor, train_y: torch.Tensor, ctx: RunContext,
@@ -66,6 +136,13 @@ def train_classifier(model: nn.Module, train_x: torch.Tensor, train_y: torch.Ten
     # channels-last runs the convolutions about twice as fast on CPU (oneDNN) and is neutral on CUDA
     model.to(ctx.device, memory_format=torch.channels_last).train()
     generator = ctx.generator("train", label)
+    cuda = ctx.device.type == "cuda"
+    # on CUDA the crop and flip are drawn on the device from a generator of their own (other numbers than the
+    # CPU's); on the CPU they come from the shuffling generator, as they always have
+    aug_gen = ctx.generator("train", label, "augment", device=ctx.device) if cuda else generator
+    autocast = _autocast(opts, ctx.device, label)
+    scaler = torch.amp.GradScaler("cuda") if autocast is not None and opts.amp == "fp16" else None
+    resident = _on_device(train_x, train_y, ctx.device) if cuda else None
     batch_size = min(opts.batch_size, len(train_x))
     steps_per_epoch = (len(train_x) + batch_size - 1) // batch_size
     optimizer = torch.optim.SGD(model.parameters(), lr=opts.lr, momentum=opts.momentum,
@@ -75,11 +152,17 @@ def train_classifier(model: nn.Module, train_x: torch.Tensor, train_y: torch.Ten
     total = opts.epochs * steps_per_epoch
     first = 0
     resume = ctx.restore_progress()
+    if cuda and resume is not None and "augment_generator" not in resume:
+        resume = None  # saved on CUDA by the code that augmented on the host: its draws cannot be continued here
     if resume is not None and resume.get("label") == label:  # a stopped run's last epoch: go on from there
         model.load_state_dict(resume["model"])
         optimizer.load_state_dict(resume["optimizer"])
         schedule.load_state_dict(resume["schedule"])
         generator.set_state(resume["generator"])
+        if cuda and resume.get("augment_generator") is not None:
+            aug_gen.set_state(resume["augment_generator"])
+        if scaler is not None and resume.get("scaler") is not None:
+            scaler.load_state_dict(resume["scaler"])
         torch.set_rng_state(resume["rng"])
         if resume.get("cuda_rng") is not None and ctx.device.type == "cuda":
             torch.cuda.set_rng_state(resume["cuda_rng"], ctx.device)
@@ -87,25 +170,41 @@ def train_classifier(model: nn.Module, train_x: torch.Tensor, train_y: torch.Ten
     steps = iter(ctx.track(range(first * steps_per_epoch, total), f"{label} ({opts.epochs} epochs)",
                            total - first * steps_per_epoch))
     for epoch in range(first, opts.epochs):
-        started, loss_sum, seen = time.perf_counter(), 0.0, 0
-        for xb, yb in ctx.batches(train_x, train_y, shuffle=True, generator=generator, batch_size=batch_size):
+        # the loss is summed on the device (float64: the sums the host made from each float(loss)) and read once
+        # an epoch, for the log: no sync per step
+        started, seen = time.perf_counter(), 0
+        loss_sum = torch.zeros((), dtype=torch.float64, device=ctx.device)
+        batches = (_device_batches(resident, train_x, train_y, ctx, generator, batch_size) if cuda else
+                   ctx.batches(train_x, train_y, shuffle=True, generator=generator, batch_size=batch_size))
+        for xb, yb in batches:
             if opts.augment:
-                xb = augment_batch(xb.cpu(), generator, flip=flip).to(ctx.device)
+                xb = augment_batch(xb, aug_gen, flip=flip)
             xb = xb.contiguous(memory_format=torch.channels_last)
-            loss = F.cross_entropy(model(xb), yb, label_smoothing=opts.label_smoothing)
+            if autocast is None:
+                loss = F.cross_entropy(model(xb), yb, label_smoothing=opts.label_smoothing)
+            else:
+                with autocast:
+                    loss = F.cross_entropy(model(xb), yb, label_smoothing=opts.label_smoothing)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            if scaler is None:
+                loss.backward()
+                optimizer.step()
+            else:
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
             schedule.step()
             next(steps, None)
-            loss_sum += float(loss.detach()) * len(yb)
+            loss_sum += loss.detach().double() * len(yb)
             seen += len(yb)
-        log.info("%s: epoch %d/%d, loss %.4f, %.1fs", label, epoch + 1, opts.epochs, loss_sum / max(1, seen),
+        log.info("%s: epoch %d/%d, loss %.4f, %.1fs", label, epoch + 1, opts.epochs, float(loss_sum) / max(1, seen),
                  time.perf_counter() - started)
         if epoch + 1 < opts.epochs:  # everything the next epoch draws from, so a resumed run continues exactly
             ctx.save_progress({"label": label, "epoch": epoch + 1, "model": model.state_dict(),
                                "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
                                "generator": generator.get_state(), "rng": torch.get_rng_state(),
+                               "augment_generator": aug_gen.get_state() if cuda else None,
+                               "scaler": scaler.state_dict() if scaler is not None else None,
                                "cuda_rng": torch.cuda.get_rng_state(ctx.device) if ctx.device.type == "cuda"
                                else None})
     for _ in steps:  # drain so the bar completes
