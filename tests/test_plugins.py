@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import inspect
 import itertools
+import re
 from pathlib import Path
 
 import pluggy
@@ -87,6 +88,8 @@ def test_builtin_registrations_are_well_formed(kind):
         with pytest.raises(Exception):
             reg.cls.Options(definitely_not_an_option=1)  # extra=forbid
         reg.cls(defaults)  # constructs without touching data
+        # a lazy registration carries the class's own metadata (list-plugins shows it without importing the class)
+        assert (reg.description, set(reg.aliases)) == (reg.cls.description, set(reg.cls.aliases)), reg.name
         for alias in reg.aliases:
             assert plugins.lookup(kind, alias) == plugins.lookup(kind, reg.name)
 
@@ -240,18 +243,47 @@ def test_hook_with_wrong_argument_name_is_a_plugin_error_not_a_pluggy_one():
     assert "register_detectors" in str(info.value) and "'reg'" in str(info.value)
 
 
-def test_registering_a_class_of_the_wrong_kind_is_rejected():
+def _only_broken(capsys) -> plugins.BrokenPlugin:
+    """The one broken plugin, after checking it was reported as exactly one line on stderr."""
+    gone = plugins.broken()
+    assert len(gone) == 1, gone
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.strip() == gone[0].line, err
+    assert gone[0].entry_point in err and plugins.DISABLE_ENV in err
+    return gone[0]
+
+
+def test_registering_a_class_of_the_wrong_kind_skips_that_plugin(capsys):
     class WrongKind:
         @advbench.hookimpl
         def register_attacks(register):
             register(_Detector)
 
     with registered(WrongKind):
-        with pytest.raises(plugins.PluginError, match=r"register_attacks got .*not a subclass of advbench.api.Attack"):
-            plugins.registry()
+        assert "fgsm" in plugins.names("attack")  # everything else still works
+        gone = _only_broken(capsys)
+        assert re.search(r"register_attacks got .*not a subclass of advbench.api.Attack", gone.error)
+        assert _Detector.name not in plugins.names("attack") + plugins.names("detector")
 
 
-def test_registering_a_class_without_a_name_is_rejected():
+@pytest.mark.parametrize("thing", ["zz-just-a-string", 42, None])
+def test_registering_something_that_is_not_a_class_skips_that_plugin(capsys, thing):
+    class NotAClass:
+        @advbench.hookimpl
+        def register_interpreters(register):
+            register(_Interpreter)
+            register(thing)
+
+    with registered(NotAClass):
+        gone = _only_broken(capsys)
+        assert f"register_interpreters got {thing!r}" in gone.error
+        assert _Interpreter.name not in plugins.names("interpreter")  # all of that plugin or none of it
+        assert gone.names == (("interpreter", _Interpreter.name),)
+        with pytest.raises(plugins.PluginError, match="broken and was skipped"):
+            plugins.lookup("interpreter", _Interpreter.name)
+
+
+def test_registering_a_class_without_a_name_skips_that_plugin(capsys):
     class Nameless(api.Attack):
         description = "no name"
 
@@ -261,11 +293,25 @@ def test_registering_a_class_without_a_name_is_rejected():
             register(Nameless)
 
     with registered(NamelessPlugin):
-        with pytest.raises(plugins.PluginError, match="has no name"):
-            plugins.components()
+        assert plugins.components()
+        assert "has no name" in _only_broken(capsys).error
 
 
-def test_clash_with_a_builtin_name_names_both_distributions():
+def test_a_registration_hook_that_raises_skips_that_plugin(capsys):
+    class Raises:
+        @advbench.hookimpl
+        def register_detectors(register):
+            raise RuntimeError("boom\nsecond line")
+
+    with registered(Raises):
+        assert "contrastive" in plugins.names("detector")
+        gone = _only_broken(capsys)
+        assert gone.error == "its registration hook raised RuntimeError: boom second line"
+    plugins.registry()
+    assert capsys.readouterr().err == ""  # once unregistered: nothing to report
+
+
+def test_clash_with_a_builtin_name_names_both_distributions_and_keeps_the_builtin(capsys):
     class FakeFgsm(api.Attack):
         name = "fgsm"
         description = "a clash"
@@ -276,16 +322,15 @@ def test_clash_with_a_builtin_name_names_both_distributions():
             register(FakeFgsm)
 
     with registered(Clash):
-        with pytest.raises(plugins.PluginError) as info:
-            plugins.lookup("attack", "fgsm")
-    message = str(info.value)
+        assert plugins.lookup("attack", "fgsm").distribution == "advbench"
+        message = _only_broken(capsys).error
     assert "'fgsm'" in message and "advbench (FGSM)" in message and "<local>" in message
     assert "FakeFgsm" in message and plugins.DISABLE_ENV in message
-    assert plugins.lookup("attack", "fgsm").distribution == "advbench"  # clean again once unregistered
+    assert plugins.lookup("attack", "fgsm").distribution == "advbench"
 
 
 @pytest.mark.parametrize("clash", ["name", "alias"])
-def test_two_distributions_registering_the_same_name_is_an_error_naming_both(monkeypatch, clash):
+def test_two_distributions_registering_the_same_name_is_an_error_naming_both(monkeypatch, capsys, clash):
     label = unique("zz-dup")
 
     class First(api.Interpreter):
@@ -311,12 +356,13 @@ def test_two_distributions_registering_the_same_name_is_an_error_naming_both(mon
     real = plugins._distribution_of
     monkeypatch.setattr(plugins, "_distribution_of", lambda pm, plugin: fake.get(plugin) or real(pm, plugin))
     with registered(PluginA), registered(PluginB):
-        with pytest.raises(plugins.PluginError) as info:
-            plugins.registry()
-    message = str(info.value)
-    assert "advbench-first" in message and "advbench-second" in message
-    assert f"interpreter name {label!r}" in message
-    assert "First" in message and "Second" in message
+        assert plugins.lookup("interpreter", label).cls is First  # the first one registered keeps the name
+        gone = _only_broken(capsys)
+    assert gone.distribution == "advbench-second"
+    assert "advbench-first" in gone.error and "advbench-second" in gone.error
+    assert f"interpreter name {label!r}" in gone.error
+    assert "First" in gone.error and "Second" in gone.error
+    assert "ADVBENCH_DISABLE_PLUGINS=advbench-second " in gone.line  # a distribution name disables it
 
 
 def test_disable_env_skips_an_entry_point(monkeypatch):
