@@ -471,6 +471,8 @@ def reset() -> None:
     _collect_broken.clear()
     _use_broken.clear()
     _reported.clear()
+    if os.environ.get(_REPORTED_ENV) == str(os.getpid()):
+        del os.environ[_REPORTED_ENV]
 
 
 def register_plugin(plugin: object, name: Optional[str] = None) -> None:

@@ -173,3 +173,12 @@ def test_markup_in_names_is_escaped_in_the_run_summary(capsys):
     err = " ".join(capsys.readouterr().err.split())
     for text in ("[/d]", "[bold]i", "[/a]", "[/suite]"):
         assert text in err
+
+
+def test_markup_in_a_cache_description_is_printed_as_written():
+    from advbench.cache import Cache
+
+    Cache().save("ab" * 32, {"x": 1}, stage="scores", description="detector [/oops] on [bold]x")
+    result = CliRunner().invoke(main, ["cache", "ls"], env={"COLUMNS": "300"})
+    assert result.exit_code == 0, result.output
+    assert "detector [/oops] on [bold]x" in result.stdout
