@@ -10,6 +10,8 @@ from __future__ import annotations
 import inspect
 import itertools
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pluggy
@@ -432,3 +434,111 @@ def test_registry_is_built_once_and_reset_rebuilds_it():
     assert second is not first and second.keys() == first.keys()
     assert {k: set(v) for k, v in second.items()} == {k: set(v) for k, v in first.items()}
 
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the declared plugin API, lazy registration, fast start
+
+
+def test_the_public_api_is_declared_and_versioned():
+    assert all(hasattr(api, name) for name in api.__all__)
+    assert api.PLUGIN_API_VERSION == advbench.PLUGIN_API_VERSION and "PLUGIN_API_VERSION" in advbench.__all__
+    assert re.fullmatch(r"\d+\.\d+", advbench.PLUGIN_API_VERSION)
+    assert tuple(KINDS) == plugins.KIND_NAMES  # the registry knows the kinds without importing torch
+    for base in KINDS.values():
+        assert base.__name__ in api.__all__
+
+
+@pytest.mark.parametrize("requirement, ok", [
+    (">=1.0,<2", True), (">=1", True), ("~=1.0", True), ("1.0", True), ("==1.0", True), ("<1.0", False),
+    (">=1.1", False), (">=2.0,<3", False), ("!=1.0", False), ("~=0.9", False), ("  >= 1.0 , < 2 ", True)])
+def test_api_requirements(requirement, ok):
+    assert plugins.api_compatible(requirement, "1.0") is ok
+
+
+@pytest.mark.parametrize("requirement", ["", "latest", ">=1.x", "~=1"])
+def test_an_unreadable_api_requirement_is_an_error(requirement):
+    with pytest.raises(ValueError):
+        plugins.api_compatible(requirement, "1.0")
+
+
+def test_a_class_asking_for_another_plugin_api_skips_its_plugin(capsys):
+    class Future(api.Attack):
+        name = "zz-future"
+        description = "needs a newer advbench"
+        plugin_api = ">=2"
+
+    class Now(api.Attack):
+        name = "zz-now"
+        description = "fine"
+        plugin_api = ">=1.0,<2"
+
+    class FuturePlugin:
+        @advbench.hookimpl
+        def register_attacks(register):
+            register(Future)
+
+    class NowPlugin:
+        requires_api = ">=1.0,<2"
+
+        @advbench.hookimpl
+        def register_attacks(register):
+            register(Now)
+
+    with registered(FuturePlugin), registered(NowPlugin):
+        assert "zz-now" in plugins.names("attack") and "zz-future" not in plugins.names("attack")
+        assert "Future.plugin_api = '>=2', but this advbench's plugin API is 1.0" in _only_broken(capsys).error
+
+
+def test_lazy_registration_imports_the_class_on_first_use(tmp_path, monkeypatch):
+    package = tmp_path / "zz_lazy_pkg"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "method.py").write_text("from advbench import api\n\n\nclass Method(api.Interpreter):\n"
+                                       "    name = 'zz-lazy'\n    description = 'lazy'\n    aliases = ('zz-l',)\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+
+    class LazyPlugin:
+        @advbench.hookimpl
+        def register_interpreters(register):
+            register("zz-lazy", "zz_lazy_pkg.method:Method", kind="interpreter", description="lazy",
+                     aliases=("zz-l",))
+
+    try:
+        with registered(LazyPlugin):
+            [reg] = [r for r in plugins.components("interpreter") if r.name == "zz-lazy"]
+            assert (reg.description, reg.aliases, reg.loaded) == ("lazy", ("zz-l",), False)
+            assert "zz_lazy_pkg.method" not in sys.modules  # listed without importing it
+            found = plugins.lookup("interpreter", "zz-l")
+            assert found is reg and reg.loaded and reg.cls.__name__ == "Method"
+            assert "zz_lazy_pkg.method" in sys.modules
+    finally:
+        for name in [m for m in sys.modules if m.startswith("zz_lazy_pkg")]:
+            del sys.modules[name]
+
+
+@pytest.mark.parametrize("call, message", [
+    ("register('zz-x', 'no colon here')", "must be given as 'module:Class'"),
+    ("register('zz-x', 'a.b:C', kind='attack')", "this hook registers interpreters"),
+    ("register('zz-x', 'a.b:C', aliases='zz-y')", "aliases must be a list of names"),
+    ("register('zz-x', 'a.b:C', description=3)", "description must be a string"),
+    ("register('', 'a.b:C')", "an empty name"),
+])
+def test_a_malformed_lazy_registration_skips_its_plugin(capsys, call, message):
+    class Malformed:
+        @advbench.hookimpl
+        def register_interpreters(register):
+            eval(call, {"register": register})
+
+    with registered(Malformed):
+        assert message in _only_broken(capsys).error
+
+
+def test_starting_the_command_and_listing_plugins_imports_no_torch():
+    code = ("import sys, advbench.cli\nfrom advbench import plugins\nrows = plugins.components()\n"
+            "assert len(rows) > 20 and not plugins.broken()\n"
+            "heavy = sorted(m for m in ('torch', 'sklearn', 'scipy', 'torchattacks', 'foolbox') if m in sys.modules)\n"
+            "print(heavy)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]"
