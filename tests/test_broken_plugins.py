@@ -198,3 +198,11 @@ def test_markup_in_a_description_is_printed_as_written(site):
     assert result.exit_code == 0, result.output
     assert "[/oops] [bold]x[/bold]" in result.stdout
     load_suite(DIGITS)
+
+
+def test_doctor_names_a_broken_plugin(site):
+    from advbench.doctor import _plugins
+
+    dist, _ = install(site, "hook-error", CASES["hook-error"][0])
+    check = _plugins()
+    assert not check.ok and dist in check.message and "cannot read my weights" in check.message
