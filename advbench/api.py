@@ -6,6 +6,12 @@ Conventions every component follows (the harness relies on them):
 - the harness owns the device, the batch size and the seeds: a method asks ``ctx`` for them and never
   touches the global random state;
 - options are a pydantic model (``Options``) declared on the class, validated before anything runs.
+
+What a plugin may use is listed in ``__all__`` below (and ``advbench.hookimpl``, ``advbench.PLUGIN_API_VERSION``,
+``advbench.errors.AdvbenchError``/``DataError``); those names keep their meaning within a major version of the
+plugin API (``PLUGIN_API_VERSION``: MINOR adds, MAJOR breaks). Anything else in advbench is the harness's own and
+may change in any release. docs/PLUGINS.md states each hook's contract: shapes, dtypes, ranges, device, seeds,
+and what the harness checks at the boundary.
 """
 
 from __future__ import annotations
@@ -17,6 +23,17 @@ from typing import Any, Callable, ClassVar, Iterable, Iterator, Optional, Sequen
 import torch
 from pydantic import BaseModel, ConfigDict
 from torch import nn
+
+from advbench import PLUGIN_API_VERSION
+
+__all__ = [
+    "PLUGIN_API_VERSION",
+    # bases a plugin subclasses, one per kind, and the options model
+    "Component", "Dataset", "Victim", "Interpreter", "Attack", "Detector", "Executor", "Options",
+    # what the harness hands to methods and what they return
+    "RunContext", "ProgressStore", "DataSplits", "DetectorEnv", "DetectorOutput",
+    "KINDS",
+]
 
 
 class Options(BaseModel):
@@ -228,6 +245,9 @@ class Detector(Component):
     """
 
     kind = "detector"
+    # one line saying what the score measures (higher = more adversarial), shown in the report's score table;
+    # empty: the description is shown instead
+    score_definition: ClassVar[str] = ""
     needs_interpreter: ClassVar[bool] = False
     needs_adversarial_fit: ClassVar[bool] = False
 

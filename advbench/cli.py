@@ -103,22 +103,34 @@ def main() -> None:
               help="Show only components of this kind.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list instead of a table.")
 def list_plugins(kind: Optional[str], as_json: bool) -> None:
-    """Every registered component: kind, name, providing distribution and version, description."""
+    """Every registered component: kind, name, providing distribution and version, description.
+
+    A plugin that could not be loaded is listed as a "broken" row with its error (in --json: "broken": true and
+    "error"); skip it with ADVBENCH_DISABLE_PLUGINS=<distribution or entry-point name>.
+    """
     from advbench import plugins
 
     rows = plugins.components(kind)
+    # with --kind: the broken plugins that registered (or tried to) that kind, and those that never got that far
+    broken = [b for b in plugins.broken() if kind is None or not b.names or kind in {k for k, _ in b.names}]
     if as_json:
-        click.echo(json.dumps([{"kind": r.kind, "name": r.name, "aliases": list(r.aliases),
-                                "distribution": r.distribution, "version": r.version,
-                                "description": r.description} for r in rows], indent=1))
+        listed = [{"kind": r.kind, "name": r.name, "aliases": list(r.aliases), "distribution": r.distribution,
+                   "version": r.version, "description": r.description, "broken": False} for r in rows]
+        listed += [{"kind": "broken", "name": b.entry_point, "aliases": [], "distribution": b.distribution,
+                    "version": b.version, "description": "", "broken": True, "error": b.error,
+                    "components": [{"kind": k, "name": n} for k, n in b.names]} for b in broken]
+        click.echo(json.dumps(listed, indent=1))
         return
     table = Table(title="advbench plugins")
     for column in ("kind", "name", "distribution", "version"):
         table.add_column(column, overflow="fold")  # wrap, never cut: a name is what a suite writes
     table.add_column("description")
-    for r in rows:
+    for r in rows:  # names and descriptions are plain text: '[/oops]' must print as written, not as markup
         name = r.name + (f"\n({', '.join(r.aliases)})" if r.aliases else "")
-        table.add_row(r.kind, name, r.distribution, r.version, r.description)
+        table.add_row(r.kind, escape(name), escape(r.distribution), escape(r.version), escape(r.description))
+    for b in broken:
+        table.add_row("[red]broken[/]", escape(b.entry_point), escape(b.distribution), escape(b.version),
+                      escape(f"skipped: {b.error}; skip it with {plugins.DISABLE_ENV}={b.disable_name}"))
     out = Console()
     if not out.is_terminal and not os.environ.get("COLUMNS"):
         out = Console(width=120)  # piped (grep, a file): rich's 80-column default would fold names
@@ -369,13 +381,14 @@ def _summary(results: dict) -> None:
     rows = [r for r in results.get("detection", []) if r.get("population") == "successful"]
     if not rows:  # an interrupted run before any detection: no empty table
         return
-    table = Table(title=f"detection ({results.get('suite')})")
+    table = Table(title=f"detection ({escape(str(results.get('suite')))})")
     for column in ("detector", "interpreter", "attack", "source->target", "subset", "n adv", "TPR", "TNR", "AUROC"):
         table.add_column(column, overflow="fold", no_wrap=False)  # wrap, never cut a name to 'contr...'
     for r in rows:
-        table.add_row(r["detector"], r.get("interpreter") or "-", r["attack"], f"{r['source']}->{r['target']}",
-                      r["subset"], str(r.get("n_adversarial")), _fmt(r.get("tpr")), _fmt(r.get("tnr")),
-                      _fmt(r.get("auroc")))
+        table.add_row(*(escape(str(v)) for v in (r["detector"], r.get("interpreter") or "-", r["attack"],
+                                                 f"{r['source']}->{r['target']}", r["subset"],
+                                                 r.get("n_adversarial"))),
+                      _fmt(r.get("tpr")), _fmt(r.get("tnr")), _fmt(r.get("auroc")))
     _wide_console(stderr=True).print(table)
 
 
@@ -421,7 +434,7 @@ def plan_command(suite_file: Path, limit: Optional[int], seed: Optional[int], ov
         table.add_column(column, overflow="fold")
     short = {r["key"]: r["key"][:10] for r in rows}
     for r in rows:
-        table.add_row(r["key"][:10], r["stage"], escape(r["label"]), " ".join(short.get(k, k[:10]) for k in r["inputs"]),
+        table.add_row(r["key"][:10], escape(r["stage"]), escape(r["label"]), " ".join(short.get(k, k[:10]) for k in r["inputs"]),
                       "yes" if r["cached"] else "[bold]no[/]")
     out = Console()
     if not out.is_terminal and not os.environ.get("COLUMNS"):
@@ -475,12 +488,12 @@ def cache_ls(as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps([vars(e) for e in entries], indent=1))
         return
-    table = Table(title=f"cache {store.root}")
+    table = Table(title=f"cache {escape(str(store.root))}")
     for column in ("key", "stage", "size", "created", "description"):
         table.add_column(column, overflow="fold", no_wrap=False)  # the stage is what `cache clear --stage` takes
     for e in sorted(entries, key=lambda e: e.created):
-        table.add_row(e.key[:12], e.stage or "-", _size(e.size), _when(e.created),
-                      f"DAMAGED: {e.problem}" if e.problem else e.description)
+        table.add_row(escape(e.key[:12]), escape(e.stage or "-"), _size(e.size), _when(e.created),
+                      escape(f"DAMAGED: {e.problem}" if e.problem else str(e.description)))
     _wide_console().print(table)
     damaged = sum(1 for e in entries if e.problem)
     note = f"; {damaged} damaged (advbench cache clear --yes removes them)" if damaged else ""

@@ -84,9 +84,19 @@ def _plugins() -> Check:
 
     try:
         found = plugins.components()
+        for reg in found:  # import every class now (a run imports only those its suite names)
+            try:
+                reg.cls  # noqa: B018
+            except plugins.PluginError:
+                pass  # listed by broken() below
     except Exception as exc:  # noqa: BLE001 - a third-party plugin can fail in any way
         return Check("plugins", False, f"{_short(exc)}; fix or uninstall that plugin, or skip it with "
                      f"{plugins.DISABLE_ENV}=<name>")
+    broken = plugins.broken()
+    if broken:
+        return Check("plugins", False, "broken, skipped: " + "; ".join(
+            f"{b.distribution} (entry point {b.entry_point!r}): {b.error}" for b in broken)
+            + f"; fix or uninstall them, or skip them with {plugins.DISABLE_ENV}=<distribution or entry-point name>")
     kinds = sorted({r.kind for r in found})
     return Check("plugins", True, f"{len(found)} components importable ({', '.join(kinds)})")
 

@@ -1,13 +1,19 @@
 """Every hook a plugin can implement. Decorate implementations with ``advbench.hookimpl``.
 
-Registration hooks receive a ``register`` callback; call it once per component class::
+Registration hooks receive a ``register`` callback; call it once per component, in either form::
 
     @advbench.hookimpl
     def register_interpreters(register):
-        register(MyInterpreter)
+        register(MyInterpreter)                                    # the class itself
+        register("my-method", "my_package.my_method:MyMethod",     # or lazily: imported when a run uses it
+                 description="One line for advbench list-plugins", aliases=("mm",))
 
 The class must subclass the matching base in ``advbench.api`` and set ``name`` (what suites write),
 ``description`` (one line, shown by ``advbench list-plugins``) and, optionally, ``aliases`` and ``Options``.
+The lazy form carries the name, description and aliases itself (give the class's own), so listing plugins and
+starting the command import neither your module nor torch; the class is imported, and checked, on first use.
+A registration that fails (an exception in the hook, something that is not such a class, a name another plugin
+has) skips the whole plugin, with one line on stderr; docs/PLUGINS.md has the full contract.
 """
 
 from __future__ import annotations
@@ -19,7 +25,8 @@ import pluggy
 hookspec = pluggy.HookspecMarker("advbench")
 hookimpl = pluggy.HookimplMarker("advbench")
 
-Register = Callable[[type], None]
+# register(cls) or register(name, "module:Class", *, kind=None, description=None, aliases=())
+Register = Callable[..., None]
 
 
 @hookspec

@@ -11,7 +11,6 @@ from __future__ import annotations
 from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
-from sklearn.metrics import roc_auc_score, roc_curve
 
 DIGITS = 6
 ROC_MAX_POINTS = 200
@@ -111,6 +110,9 @@ def detection_metrics(benign_scores: Any, adversarial_scores: Any, benign_flags:
         # (ties included) while sklearn only accepts finite numbers.
         scores = _ranks(scores)
     labels = np.concatenate([np.zeros(benign.size, dtype=int), np.ones(adversarial.size, dtype=int)])
+    # imported here: scikit-learn takes about a second to import, and only the ROC needs it
+    from sklearn.metrics import roc_auc_score, roc_curve
+
     out["auroc"] = _round(roc_auc_score(labels, scores))
     out["auroc_ci"] = auroc_interval(benign, adversarial)
 

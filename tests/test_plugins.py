@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import inspect
 import itertools
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pluggy
@@ -87,6 +90,8 @@ def test_builtin_registrations_are_well_formed(kind):
         with pytest.raises(Exception):
             reg.cls.Options(definitely_not_an_option=1)  # extra=forbid
         reg.cls(defaults)  # constructs without touching data
+        # a lazy registration carries the class's own metadata (list-plugins shows it without importing the class)
+        assert (reg.description, set(reg.aliases)) == (reg.cls.description, set(reg.cls.aliases)), reg.name
         for alias in reg.aliases:
             assert plugins.lookup(kind, alias) == plugins.lookup(kind, reg.name)
 
@@ -240,18 +245,47 @@ def test_hook_with_wrong_argument_name_is_a_plugin_error_not_a_pluggy_one():
     assert "register_detectors" in str(info.value) and "'reg'" in str(info.value)
 
 
-def test_registering_a_class_of_the_wrong_kind_is_rejected():
+def _only_broken(capsys) -> plugins.BrokenPlugin:
+    """The one broken plugin, after checking it was reported as exactly one line on stderr."""
+    gone = plugins.broken()
+    assert len(gone) == 1, gone
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.strip() == gone[0].line, err
+    assert gone[0].entry_point in err and plugins.DISABLE_ENV in err
+    return gone[0]
+
+
+def test_registering_a_class_of_the_wrong_kind_skips_that_plugin(capsys):
     class WrongKind:
         @advbench.hookimpl
         def register_attacks(register):
             register(_Detector)
 
     with registered(WrongKind):
-        with pytest.raises(plugins.PluginError, match=r"register_attacks got .*not a subclass of advbench.api.Attack"):
-            plugins.registry()
+        assert "fgsm" in plugins.names("attack")  # everything else still works
+        gone = _only_broken(capsys)
+        assert re.search(r"register_attacks got .*not a subclass of advbench.api.Attack", gone.error)
+        assert _Detector.name not in plugins.names("attack") + plugins.names("detector")
 
 
-def test_registering_a_class_without_a_name_is_rejected():
+@pytest.mark.parametrize("thing", ["zz-just-a-string", 42, None])
+def test_registering_something_that_is_not_a_class_skips_that_plugin(capsys, thing):
+    class NotAClass:
+        @advbench.hookimpl
+        def register_interpreters(register):
+            register(_Interpreter)
+            register(thing)
+
+    with registered(NotAClass):
+        gone = _only_broken(capsys)
+        assert f"register_interpreters got {thing!r}" in gone.error
+        assert _Interpreter.name not in plugins.names("interpreter")  # all of that plugin or none of it
+        assert gone.names == (("interpreter", _Interpreter.name),)
+        with pytest.raises(plugins.PluginError, match="broken and was skipped"):
+            plugins.lookup("interpreter", _Interpreter.name)
+
+
+def test_registering_a_class_without_a_name_skips_that_plugin(capsys):
     class Nameless(api.Attack):
         description = "no name"
 
@@ -261,11 +295,25 @@ def test_registering_a_class_without_a_name_is_rejected():
             register(Nameless)
 
     with registered(NamelessPlugin):
-        with pytest.raises(plugins.PluginError, match="has no name"):
-            plugins.components()
+        assert plugins.components()
+        assert "has no name" in _only_broken(capsys).error
 
 
-def test_clash_with_a_builtin_name_names_both_distributions():
+def test_a_registration_hook_that_raises_skips_that_plugin(capsys):
+    class Raises:
+        @advbench.hookimpl
+        def register_detectors(register):
+            raise RuntimeError("boom\nsecond line")
+
+    with registered(Raises):
+        assert "contrastive" in plugins.names("detector")
+        gone = _only_broken(capsys)
+        assert gone.error == "its registration hook raised RuntimeError: boom second line"
+    plugins.registry()
+    assert capsys.readouterr().err == ""  # once unregistered: nothing to report
+
+
+def test_clash_with_a_builtin_name_names_both_distributions_and_keeps_the_builtin(capsys):
     class FakeFgsm(api.Attack):
         name = "fgsm"
         description = "a clash"
@@ -276,16 +324,15 @@ def test_clash_with_a_builtin_name_names_both_distributions():
             register(FakeFgsm)
 
     with registered(Clash):
-        with pytest.raises(plugins.PluginError) as info:
-            plugins.lookup("attack", "fgsm")
-    message = str(info.value)
+        assert plugins.lookup("attack", "fgsm").distribution == "advbench"
+        message = _only_broken(capsys).error
     assert "'fgsm'" in message and "advbench (FGSM)" in message and "<local>" in message
     assert "FakeFgsm" in message and plugins.DISABLE_ENV in message
-    assert plugins.lookup("attack", "fgsm").distribution == "advbench"  # clean again once unregistered
+    assert plugins.lookup("attack", "fgsm").distribution == "advbench"
 
 
 @pytest.mark.parametrize("clash", ["name", "alias"])
-def test_two_distributions_registering_the_same_name_is_an_error_naming_both(monkeypatch, clash):
+def test_two_distributions_registering_the_same_name_is_an_error_naming_both(monkeypatch, capsys, clash):
     label = unique("zz-dup")
 
     class First(api.Interpreter):
@@ -311,12 +358,13 @@ def test_two_distributions_registering_the_same_name_is_an_error_naming_both(mon
     real = plugins._distribution_of
     monkeypatch.setattr(plugins, "_distribution_of", lambda pm, plugin: fake.get(plugin) or real(pm, plugin))
     with registered(PluginA), registered(PluginB):
-        with pytest.raises(plugins.PluginError) as info:
-            plugins.registry()
-    message = str(info.value)
-    assert "advbench-first" in message and "advbench-second" in message
-    assert f"interpreter name {label!r}" in message
-    assert "First" in message and "Second" in message
+        assert plugins.lookup("interpreter", label).cls is First  # the first one registered keeps the name
+        gone = _only_broken(capsys)
+    assert gone.distribution == "advbench-second"
+    assert "advbench-first" in gone.error and "advbench-second" in gone.error
+    assert f"interpreter name {label!r}" in gone.error
+    assert "First" in gone.error and "Second" in gone.error
+    assert "ADVBENCH_DISABLE_PLUGINS=advbench-second " in gone.line  # a distribution name disables it
 
 
 def test_disable_env_skips_an_entry_point(monkeypatch):
@@ -386,3 +434,111 @@ def test_registry_is_built_once_and_reset_rebuilds_it():
     assert second is not first and second.keys() == first.keys()
     assert {k: set(v) for k, v in second.items()} == {k: set(v) for k, v in first.items()}
 
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the declared plugin API, lazy registration, fast start
+
+
+def test_the_public_api_is_declared_and_versioned():
+    assert all(hasattr(api, name) for name in api.__all__)
+    assert api.PLUGIN_API_VERSION == advbench.PLUGIN_API_VERSION and "PLUGIN_API_VERSION" in advbench.__all__
+    assert re.fullmatch(r"\d+\.\d+", advbench.PLUGIN_API_VERSION)
+    assert tuple(KINDS) == plugins.KIND_NAMES  # the registry knows the kinds without importing torch
+    for base in KINDS.values():
+        assert base.__name__ in api.__all__
+
+
+@pytest.mark.parametrize("requirement, ok", [
+    (">=1.0,<2", True), (">=1", True), ("~=1.0", True), ("1.0", True), ("==1.0", True), ("<1.0", False),
+    (">=1.1", False), (">=2.0,<3", False), ("!=1.0", False), ("~=0.9", False), ("  >= 1.0 , < 2 ", True)])
+def test_api_requirements(requirement, ok):
+    assert plugins.api_compatible(requirement, "1.0") is ok
+
+
+@pytest.mark.parametrize("requirement", ["", "latest", ">=1.x", "~=1"])
+def test_an_unreadable_api_requirement_is_an_error(requirement):
+    with pytest.raises(ValueError):
+        plugins.api_compatible(requirement, "1.0")
+
+
+def test_a_class_asking_for_another_plugin_api_skips_its_plugin(capsys):
+    class Future(api.Attack):
+        name = "zz-future"
+        description = "needs a newer advbench"
+        plugin_api = ">=2"
+
+    class Now(api.Attack):
+        name = "zz-now"
+        description = "fine"
+        plugin_api = ">=1.0,<2"
+
+    class FuturePlugin:
+        @advbench.hookimpl
+        def register_attacks(register):
+            register(Future)
+
+    class NowPlugin:
+        requires_api = ">=1.0,<2"
+
+        @advbench.hookimpl
+        def register_attacks(register):
+            register(Now)
+
+    with registered(FuturePlugin), registered(NowPlugin):
+        assert "zz-now" in plugins.names("attack") and "zz-future" not in plugins.names("attack")
+        assert "Future.plugin_api = '>=2', but this advbench's plugin API is 1.0" in _only_broken(capsys).error
+
+
+def test_lazy_registration_imports_the_class_on_first_use(tmp_path, monkeypatch):
+    package = tmp_path / "zz_lazy_pkg"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "method.py").write_text("from advbench import api\n\n\nclass Method(api.Interpreter):\n"
+                                       "    name = 'zz-lazy'\n    description = 'lazy'\n    aliases = ('zz-l',)\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+
+    class LazyPlugin:
+        @advbench.hookimpl
+        def register_interpreters(register):
+            register("zz-lazy", "zz_lazy_pkg.method:Method", kind="interpreter", description="lazy",
+                     aliases=("zz-l",))
+
+    try:
+        with registered(LazyPlugin):
+            [reg] = [r for r in plugins.components("interpreter") if r.name == "zz-lazy"]
+            assert (reg.description, reg.aliases, reg.loaded) == ("lazy", ("zz-l",), False)
+            assert "zz_lazy_pkg.method" not in sys.modules  # listed without importing it
+            found = plugins.lookup("interpreter", "zz-l")
+            assert found is reg and reg.loaded and reg.cls.__name__ == "Method"
+            assert "zz_lazy_pkg.method" in sys.modules
+    finally:
+        for name in [m for m in sys.modules if m.startswith("zz_lazy_pkg")]:
+            del sys.modules[name]
+
+
+@pytest.mark.parametrize("call, message", [
+    ("register('zz-x', 'no colon here')", "must be given as 'module:Class'"),
+    ("register('zz-x', 'a.b:C', kind='attack')", "this hook registers interpreters"),
+    ("register('zz-x', 'a.b:C', aliases='zz-y')", "aliases must be a list of names"),
+    ("register('zz-x', 'a.b:C', description=3)", "description must be a string"),
+    ("register('', 'a.b:C')", "an empty name"),
+])
+def test_a_malformed_lazy_registration_skips_its_plugin(capsys, call, message):
+    class Malformed:
+        @advbench.hookimpl
+        def register_interpreters(register):
+            eval(call, {"register": register})
+
+    with registered(Malformed):
+        assert message in _only_broken(capsys).error
+
+
+def test_starting_the_command_and_listing_plugins_imports_no_torch():
+    code = ("import sys, advbench.cli\nfrom advbench import plugins\nrows = plugins.components()\n"
+            "assert len(rows) > 20 and not plugins.broken()\n"
+            "heavy = sorted(m for m in ('torch', 'sklearn', 'scipy', 'torchattacks', 'foolbox') if m in sys.modules)\n"
+            "print(heavy)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]"
