@@ -423,7 +423,10 @@ def run_suite(suite: Suite, run_dir: Path, device: Any, cache: Cache, limit: Opt
                     for r in plugins.components()],
         "sweep_fields": suite.sweep_fields(), "sweep_base": {f: suite.value_at(f) for f in suite.sweep_fields()},
         "paper_reference": suite.spec.paper_reference,
-        "victims": {}, "interpreters": [], "attacks": [], "detection": [], "worst_case": [], "warnings": [],
+        "victims": {}, "interpreters": [], "attacks": [], "detection": [], "worst_case": [],
+        # a plugin installed but skipped as broken is part of what this run could and could not use
+        "warnings": [f"plugin {b.distribution} (entry point {b.entry_point!r}) is broken and was skipped: {b.error}"
+                     for b in plugins.broken()],
         "stages": [],
     }
     gallery: list = []
