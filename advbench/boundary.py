@@ -49,8 +49,9 @@ def check_masks(plugin: Optional[dict[str, str]], masks: Any, x: torch.Tensor) -
     masks = _tensor(plugin, masks, "explain's output")
     n, c, h, w = x.shape
     if masks.dim() != 4 or masks.shape[0] != n or masks.shape[2:] != (h, w) or masks.shape[1] not in (1, c):
+        allowed = " or ".join(dict.fromkeys(f"{n} x {k} x {h} x {w}" for k in (1, c)))
         _fail(plugin, f"explain returned masks of shape {tuple(masks.shape)} for inputs {tuple(x.shape)}; "
-                      f"allowed: {n} x 1 x {h} x {w} or {n} x {c} x {h} x {w}")
+                      f"allowed: {allowed}")
     if not masks.is_floating_point():
         _fail(plugin, f"explain returned {masks.dtype} masks; allowed: a floating dtype")
     if masks.device != x.device:

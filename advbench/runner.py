@@ -116,8 +116,9 @@ class Driver:
         message = str(error) if isinstance(error, PluginOutputError) else \
             f"{who(node.plugin)}: {type(error).__name__}: {(str(error).splitlines() or [''])[0]}"
         skipped = self._dependents(node.key, pending)
-        log.error("%s %s failed: %s; %d node(s) that need it skipped", _record_stage(node), node.label, message,
-                  len(skipped))
+        # run.log only: the screen gets one line per failed cell when the run ends
+        log.info("%s %s failed: %s; %d node(s) that need it skipped", _record_stage(node), node.label, message,
+                 len(skipped))
         self.failed.append({"stage": _record_stage(node), "label": node.label, "error": message,
                             "skipped": [self.plan.nodes[k].label for k in skipped]})
         for key in [node.key, *skipped]:

@@ -206,3 +206,60 @@ def test_doctor_names_a_broken_plugin(site):
     dist, _ = install(site, "hook-error", CASES["hook-error"][0])
     check = _plugins()
     assert not check.ok and dist in check.message and "cannot read my weights" in check.message
+
+
+BAD_MASKS = {
+    "wrong-shape-masks": ("torch.rand(len(x), x.shape[1], x.shape[2] // 2, x.shape[3] // 2, device=x.device)",
+                          "explain returned masks of shape"),
+    "nan-masks": ("torch.full((len(x), 1, *x.shape[2:]), float('nan'), device=x.device)", "NaN"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_MASKS))
+def test_an_installed_interpreter_with_broken_masks_fails_only_its_cells(site, tmp_path, case):
+    """A real run with an installed plugin whose masks break the contract: one line names the plugin and its
+    distribution, the run exits 1, results.json and the page are written, the good interpreter's rows are there."""
+    import yaml
+
+    expression, expected = BAD_MASKS[case]
+    name = f"zz-{case}"
+    module = textwrap.dedent(f"""\
+        import advbench
+        import torch
+        from advbench import api
+
+
+        class Bad(api.Interpreter):
+            name = "{name}"
+            description = "returns masks that break the contract"
+
+            def explain(self, state, victim, x, ctx):
+                return {expression}
+
+
+        @advbench.hookimpl
+        def register_interpreters(register):
+            register(Bad)
+        """)
+    dist, _ = install(site, case, module)
+    raw = yaml.safe_load(DIGITS.read_text())
+    raw["victims"]["cnn"]["options"]["epochs"] = 2
+    raw["mask_classifier"]["options"]["epochs"] = 2
+    raw["interpreters"] = {"gradient": {}, name: {}}
+    raw["evaluation"].update(n_eval=60, n_fit=40, n_calibration=40)
+    suite = tmp_path / "suite.yaml"
+    suite.write_text(yaml.safe_dump(raw))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")]),
+           "ADVBENCH_CACHE": str(tmp_path / "cache")}
+    env.pop(plugins.DISABLE_ENV, None)
+    out = tmp_path / "run"
+    proc = subprocess.run([sys.executable, "-m", "advbench.cli", "run", str(suite), "--out", str(out), "--threads",
+                           "1"], capture_output=True, text=True, env=env, timeout=600, cwd=REPO)
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if "failed:" in line]
+    assert len(lines) == 1 and f"interpreter '{name}' ({dist} 0.3)" in lines[0] and expected in lines[0]
+    results = json.loads((out / "results.json").read_text())
+    assert {r["interpreter"] for r in results["detection"]} == {"gradient"}
+    assert results["failed"] and results["complete"] is False
+    assert (out / "index.html").is_file()
