@@ -304,11 +304,12 @@ def interval(value: Any) -> Cell:
 
 
 def worst_case_table(view: View) -> Table:
-    return Table("table-worst-case",
-                 [Column("detector"), Column("interpreter"), Column("source"), Column("target"), Column("subset"),
-                  Column("pairs", "num"), Column("AUROC", "num"), Column("AUROC 95% CI", "num"), Column("TPR", "num"),
-                  Column("TNR", "num")],
-                 [[text(w.get("detector")), text(w.get("interpreter")), text(w.get("source")), text(w.get("target")),
-                   text(w.get("subset")), count(w.get("n_pairs")), num(w.get("auroc")), interval(w.get("auroc_ci")),
-                   num(w.get("tpr")), num(w.get("tnr"))] for w in view.worst_case],
-                 "Worst case over attacks per detector, as reported by the run.")
+    ci = any(w.get("auroc_ci") for w in view.worst_case)  # runs before intervals were recorded have none
+    columns = [Column("detector"), Column("interpreter"), Column("source"), Column("target"), Column("subset"),
+               Column("pairs", "num"), Column("AUROC", "num")] + ([Column("AUROC 95% CI", "num")] if ci else []) + \
+        [Column("TPR", "num"), Column("TNR", "num")]
+    rows = [[text(w.get("detector")), text(w.get("interpreter")), text(w.get("source")), text(w.get("target")),
+             text(w.get("subset")), count(w.get("n_pairs")), num(w.get("auroc"))]
+            + ([interval(w.get("auroc_ci"))] if ci else []) + [num(w.get("tpr")), num(w.get("tnr"))]
+            for w in view.worst_case]
+    return Table("table-worst-case", columns, rows, "Worst case over attacks per detector, as reported by the run.")
