@@ -69,6 +69,7 @@ class Plan:
     subset: dict[str, Any]  # the evaluation subset: seed, n_test, n_eval, n_fit
     subset_key: str
     rank: dict[str, int] = field(default_factory=dict)  # key -> the first sweep point that needs it
+    failed: list[dict[str, Any]] = field(default_factory=list)  # cells of broken plugins, failed from the start
 
 
 
@@ -135,7 +136,8 @@ def build_plan(suite: Any, data: Any, settings: Settings, limit: Optional[int] =
     builder = _Builder(suite, data, settings, limit)
     for values, point_suite in suite.points():
         builder.point(values, point_suite)
-    return Plan(builder.nodes, builder.points, builder.data, builder.subset, builder.subset_key, builder.rank)
+    return Plan(builder.nodes, builder.points, builder.data, builder.subset, builder.subset_key, builder.rank,
+                builder.failed)
 
 
 class _Builder:
@@ -164,6 +166,7 @@ class _Builder:
         self.nodes: dict[str, Node] = {}
         self.points: list[Point] = []
         self.rank: dict[str, int] = {}
+        self.failed: list[dict[str, Any]] = []  # components of broken plugins: failed before anything runs
 
     def add(self, node: Node) -> Node:
         self.rank.setdefault(node.key, len(self.points))
@@ -315,7 +318,7 @@ class _Builder:
         adversarial_fit = dreg.cls.needs_adversarial_fit
         name = f"{dname}{'/' + iname if iname else ''} on {target}"
         n_eval = self.subset["n_eval"]
-        for aname in suite.spec.attacks:
+        for aname in suite.usable("attacks"):
             adv = attacks[(aname, source)]
             fit_on = [env_key, self.subset_key] + ([adv["key"]] if adversarial_fit else [])
             fit_key = make_key("scores", {"options": _options(doptions), "seed": self.settings.seed,
@@ -398,20 +401,23 @@ class _Builder:
         sources = list(dict.fromkeys(p.source for p in spec.evaluation.pairs))
         interps: dict[tuple[str, str], dict[str, Any]] = {}
         for target in targets:
-            for iname in spec.interpreters:
+            for iname in suite.usable("interpreters"):
                 interps[(target, iname)] = self.interpretation(suite, point, target, need(target), iname)
         attacks: dict[tuple[str, str], dict[str, Any]] = {}
-        for aname in spec.attacks:
+        for aname in suite.usable("attacks"):
             for source in sources:
                 attacks[(aname, source)] = self.attack(suite, point, aname, source, need(source))
         for pair in spec.evaluation.pairs:
-            for dname in spec.detectors:
+            for dname in suite.usable("detectors"):
                 dreg = suite.component("detectors", dname)[0]
-                for iname in (list(spec.interpreters) if dreg.cls.needs_interpreter else [None]):
+                for iname in (suite.usable("interpreters") if dreg.cls.needs_interpreter else [None]):
                     self.detection(suite, point, dname, iname, pair.source, pair.target, victims[pair.target],
                                    interps.get((pair.target, iname)) if iname else None, attacks)
         for name in spec.victims:
             need(name)
+        for (section, key), error in suite.broken.items():  # their cells fail; the rest of the grid runs
+            if not any(f["label"] == f"{section}.{key}" for f in self.failed):
+                self.failed.append({"stage": section, "label": f"{section}.{key}", "error": error, "skipped": []})
         if not self.points:  # the page's gallery shows the first point
             for (target, _), interp in interps.items():
                 self.gallery(point, target, victims[target], interp, attacks, self.classes)

@@ -44,6 +44,11 @@ class PluginError(AdvbenchError):
     """A plugin is broken: an unknown hook, a duplicate name, a class of the wrong kind."""
 
 
+class BrokenComponent(PluginError):
+    """A suite names a component that a broken (skipped) plugin registered, or may have: the grid can go on
+    without that component's cells."""
+
+
 # ---------------------------------------------------------------------------------------------------------
 # the plugin API version a plugin asks for
 
@@ -531,12 +536,14 @@ def lookup(kind: str, name: str) -> Registration:
     gone = broken()
     for b in gone:
         if (kind, name) in b.names:
-            raise PluginError(f"{kind} {name!r} comes from plugin {b.distribution} (entry point {b.entry_point!r}), "
-                              f"which is broken and was skipped: {b.error}")
+            raise BrokenComponent(f"{kind} {name!r} comes from plugin {b.distribution} (entry point "
+                                  f"{b.entry_point!r}), which is broken and was skipped: {b.error}")
     installed = names(kind)
     close = difflib.get_close_matches(name, list(entries), n=1)
     hint = f"; did you mean {close[0]!r}?" if close else ""
     unknown = [b for b in gone if not b.names]
-    if unknown:
-        hint += "; not loaded, broken: " + ", ".join(f"{b.distribution} ({b.error})" for b in unknown)
+    if unknown:  # a plugin that could not even be imported may be the one that provides it
+        raise BrokenComponent(f"unknown {kind} {name!r}; it may come from a broken plugin that was skipped: "
+                              + ", ".join(f"{b.distribution} ({b.error})" for b in unknown)
+                              + f"; installed: {', '.join(installed) or 'none'}{hint}")
     raise PluginError(f"unknown {kind} {name!r}; installed: {', '.join(installed) or 'none'}{hint}")

@@ -454,6 +454,9 @@ def run_suite(suite: Suite, run_dir: Path, device: Any, cache: Cache, limit: Opt
                                  "n_calibration": plan.subset["n_calibration"],
                                  "benign_pairing": "the benign originals of the adversarial inputs counted"}
         driver = Driver(plan, cache, executor, on_event)
+        driver.failed.extend(plan.failed)
+        for failure in plan.failed:
+            log.info("%s failed before running: %s", failure["label"], failure["error"])
         driver.records.append(data_record)
         assembler = Assembler(driver, data, data.test_y[eval_idx], data.test_x[eval_idx], data.test_y[fit_idx],
                               suite.spec.evaluation.filtered, results["sweep_base"])

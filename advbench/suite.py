@@ -121,6 +121,9 @@ class SuiteSpec(_Strict):
         return self
 
 
+# sections whose entries are cells of the grid: one broken plugin there fails its cells, not the run
+CELLS = ("interpreters", "attacks", "detectors")
+
 # kind of plugin each section holds; mapping sections are name -> spec
 SECTIONS = {
     "dataset": "dataset",
@@ -142,6 +145,8 @@ class Suite:
         self.spec = _parse(source, raw)
         self.name = self.spec.name or Path(source).stem
         self.components: dict[tuple[str, str], tuple[plugins.Registration, Any]] = {}
+        # interpreters, attacks and detectors whose plugin is broken: the run marks their cells failed and goes on
+        self.broken: dict[tuple[str, str], str] = {}
         for section, kind in SECTIONS.items():
             value = getattr(self.spec, section)
             entries = value.items() if isinstance(value, dict) else [(None, value)]
@@ -153,6 +158,11 @@ class Suite:
                                      f"{', '.join(plugins.names(kind))}")
                 try:
                     reg = plugins.lookup(kind, plugin_name)
+                except plugins.BrokenComponent as exc:
+                    if section not in CELLS:  # the whole grid needs it
+                        raise SuiteError(source, f"{path}.plugin", str(exc)) from None
+                    self.broken[(section, key or "")] = f"{path}.plugin: {exc}"
+                    continue
                 except plugins.PluginError as exc:
                     raise SuiteError(source, f"{path}.plugin", str(exc)) from None
                 options = _validate_options(source, f"{path}.options", reg, spec.options)
@@ -164,6 +174,10 @@ class Suite:
     def component(self, section: str, key: str = "") -> tuple[plugins.Registration, Any]:
         return self.components[(section, key)]
 
+    def usable(self, section: str) -> list[str]:
+        """The entries of a cells section whose plugin loaded (a broken one's cells are failed by the run)."""
+        return [k for k in getattr(self.spec, section) if (section, k) not in self.broken]
+
     def _check_references(self) -> None:
         for section in SECTIONS:
             value = getattr(self.spec, section)
@@ -174,7 +188,8 @@ class Suite:
                 for field in ("mask_train_limit", "n_mask_eval"):
                     if getattr(spec, field) is not None and section != "interpreters":
                         raise SuiteError(self.source, f"{path}.{field}", "allowed only for interpreters")
-        detectors = [self.component("detectors", k)[0].cls for k in self.spec.detectors]
+        detectors = [self.component("detectors", k)[0].cls for k in self.spec.detectors
+                     if ("detectors", k) not in self.broken]
         if any(d.needs_interpreter for d in detectors) and not self.spec.interpreters:
             raise SuiteError(self.source, "interpreters", "empty, but a detector needs an interpreter; "
                              f"installed interpreters: {', '.join(plugins.names('interpreter'))}")

@@ -120,25 +120,37 @@ def test_a_broken_distribution_is_one_line_and_skipped(site, capsys, case):
 
 
 @pytest.mark.parametrize("case", ["import-error", "hook-error", "duplicate-name"])
-def test_a_suite_naming_a_component_of_a_broken_distribution_is_one_line_naming_it(site, tmp_path, case):
+def test_a_suite_naming_a_component_of_a_broken_distribution_fails_that_cell_and_runs_the_rest(site, tmp_path, case):
+    """The suite still loads; the run marks the cells of that component failed (one line naming the broken
+    distribution), runs what does not need it, writes results.json and the page, and exits 1."""
+    import yaml
+
     dist, _ = install(site, case, CASES[case][0])
-    suite = tmp_path / "uses-it.yaml"
-    suite.write_text(DIGITS.read_text().replace("    plugin: gradient", "    plugin: zz-broken-test-saliency"))
-    if case == "duplicate-name":
-        suite.write_text(DIGITS.read_text())  # 'gradient' is still the built-in one: loads
+    raw = yaml.safe_load(DIGITS.read_text())
+    if case == "duplicate-name":  # 'gradient' is still the built-in one: nothing is broken for this suite
+        suite = tmp_path / "uses-it.yaml"
+        suite.write_text(yaml.safe_dump(raw))
         assert load_suite(suite).component("interpreters", "gradient")[0].distribution == "advbench"
         return
-    with pytest.raises(SuiteError) as info:
-        load_suite(suite)
-    message = str(info.value)
-    assert "\n" not in message and dist in message
-    assert message.startswith(f"{suite}: interpreters.gradient.plugin: ")
+    raw["interpreters"]["gradient"]["plugin"] = "zz-broken-test-saliency"
+    raw["detectors"]["label-only"] = {}
+    raw["victims"]["cnn"]["options"]["epochs"] = 2
+    raw["evaluation"].update(n_eval=60, n_fit=40, n_calibration=40)
+    suite = tmp_path / "uses-it.yaml"
+    suite.write_text(yaml.safe_dump(raw))
+    loaded = load_suite(suite)
+    error = loaded.broken[("interpreters", "gradient")]
+    assert "\n" not in error and dist in error and error.startswith("interpreters.gradient.plugin: ")
 
-    result = CliRunner().invoke(main, ["run", str(suite), "--out", str(tmp_path / "run"), "--no-report"])
-    assert result.exit_code == 2 and "Traceback" not in result.output
-    lines = result.stderr.splitlines()
-    assert lines[-1].startswith(f"advbench: error: {suite}: interpreters.gradient.plugin: ")
-    assert all("dataset.plugin" not in line for line in lines)  # not blamed on the suite's dataset field
+    result = CliRunner().invoke(main, ["run", str(suite), "--out", str(tmp_path / "run"), "--threads", "1"])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    failed = [line for line in result.stderr.splitlines() if line.startswith("advbench: failed: ")]
+    assert len(failed) == 1 and "interpreters.gradient" in failed[0] and dist in failed[0]
+    assert all("dataset.plugin" not in line for line in result.stderr.splitlines())
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert results["complete"] is False and results["failed"][0]["label"] == "interpreters.gradient"
+    assert {r["detector"] for r in results["detection"]} == {"label-only"}  # the rest of the grid ran
+    assert (tmp_path / "run" / "index.html").is_file()
 
 
 def test_disable_takes_the_distribution_or_the_entry_point_name(site, capsys, monkeypatch):
