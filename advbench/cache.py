@@ -39,7 +39,7 @@ log = logging.getLogger("advbench.cache")
 CACHE_ENV = "ADVBENCH_CACHE"
 # the stages the runner and the built-in plugins write (a third-party plugin may add its own)
 STAGES = ("dataset-decode", "victim", "mask-classifier", "metrics", "interpreter", "masks", "adversarial", "scores",
-          "gallery", "progress")
+          "gallery", "progress", "transfer")
 META_FIELDS = {"key": str, "stage": str, "description": str, "size": int, "sha256": str, "created": (int, float)}
 
 

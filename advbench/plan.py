@@ -59,6 +59,7 @@ class Point:
     attacks: list[dict[str, Any]] = field(default_factory=list)  # per (attack, source)
     detections: list[dict[str, Any]] = field(default_factory=list)  # per (pair, detector, interpreter, attack)
     galleries: list[str] = field(default_factory=list)
+    transfers: list[dict[str, Any]] = field(default_factory=list)  # per (attack, source, target != source)
 
 
 @dataclass
@@ -353,6 +354,18 @@ class _Builder:
                                                                                      else ""), self.settings,
                               inputs=reads if adversarial_fit else env_inputs,
                               params={**params, "parts": ["calibration"]}, **common))
+            transfer_key = None
+            if source != target:  # does the input crafted on the source fool the target too? (its own labels)
+                transfer_key = make_key("transfer", {"subset": self.subset_key, "numerics": self.numerics},
+                                        [victim.key, adv["key"]])
+                self.add(Node(transfer_key, "transfer", f"{aname} from {source} against {target}", self.settings,
+                              inputs=_stored(victim) + (adv["key"],),
+                              params={"victim": victim, "clean": self.images("eval"),
+                                      "adversarial": self.images("adversarial", key=adv["key"], start=0,
+                                                                 stop=n_eval)}))
+                if not any(t["key"] == transfer_key for t in point.transfers):
+                    point.transfers.append({"attack": aname, "source": source, "target": target,
+                                            "key": transfer_key})
             labels_key = benign_labels = None
             if interp is not None:
                 labels_key = make_key("mask-labels", {"set": "adversarial", "numerics": self.numerics},
@@ -368,7 +381,7 @@ class _Builder:
                 "score_definition": getattr(dreg.cls, "score_definition", None) or dreg.cls.description,
                 "adversarial_fit": adversarial_fit,
                 "benign": benign_key, "adversarial": adversarial_key, "attack_key": adv["key"],
-                "calibration": calibration_key,
+                "calibration": calibration_key, "transfer": transfer_key,
                 "labels": labels_key, "benign_labels": benign_labels})
 
     def gallery(self, point: Point, target: str, victim: Node, interp: dict[str, Any],

@@ -118,6 +118,10 @@ class AttackRow(Row):
     success_rate: Optional[float]
     success_rate_correct: Optional[float] = Field(None, description="n_success / n_correct: of the inputs the "
                                                                     "victim classified correctly, the share fooled")
+    transfer: Optional[dict[str, dict[str, Any]]] = Field(
+        None, description="per other victim these inputs were evaluated against: n_target_correct, n_fools_target, "
+                          "fools_target_rate and transfer_rate (of the inputs fooling the source, the share fooling "
+                          "the target too)")
     mean_linf: Optional[float]
     mean_l2: Optional[float]
     mean_l0: Optional[float]
@@ -178,7 +182,9 @@ class DetectionRow(Metrics):
     source: str
     target: str
     subset: Literal["all", "filtered"]
-    population: Literal["successful", "attacked"]
+    population: Literal["successful", "attacked", "fools-target"] = Field(
+        description="successful: fools the source victim; attacked: every attacked input; fools-target (transfer "
+                    "rows): the target victim classifies the clean image right and the adversarial one wrong")
     n_adversarial: int
     n_benign: int
     mask_invariance: Optional[float] = None

@@ -232,7 +232,11 @@ class Assembler:
                 continue
             adv = load(entry["key"])
             attacks[(entry["attack"], entry["source"])] = adv
-            out["attacks"].append(self.attack_row(entry, adv, sweep))
+            row = self.attack_row(entry, adv, sweep)
+            for t in point.transfers:
+                if (t["attack"], t["source"]) == (entry["attack"], entry["source"]) and self.ready(t["key"]):
+                    row.setdefault("transfer", {})[t["target"]] = self.transfer(adv, self.driver.load(t["key"]))
+            out["attacks"].append(row)
         self.detection(point, attacks, out, sweep)
         return out
 
@@ -262,13 +266,28 @@ class Assembler:
                 "mean_l0": float((d.abs() > 1e-6).float().sum(1).mean()) if len(d) else None,
                 "l0_unit": "input elements (C x H x W) changed by more than 1e-6", **sweep}
 
+    def transfer(self, adv: dict[str, Any], target: dict[str, torch.Tensor]) -> dict[str, Any]:
+        """How the source's adversarial inputs fare against another victim (the evaluation images)."""
+        n_eval = len(self.eval_x)
+        y = self.eval_y
+        fools_source = ((adv["pred_clean"][:n_eval] == y) & (adv["pred_adv"][:n_eval] != y))
+        target_correct = target["pred_clean"] == y
+        fools_target = target_correct & (target["pred_adv"] != y)
+        both = fools_source & target_correct
+        return {"n_target_correct": int(target_correct.sum()), "n_fools_target": int(fools_target.sum()),
+                "fools_target_rate": float(fools_target.sum() / max(1, int(target_correct.sum()))),
+                # of the inputs that fool the source (and the target classified right), the share fooling it too
+                "transfer_rate": float((both & fools_target).sum() / max(1, int(both.sum())))
+                if both.any() else None}
+
     def detection(self, point: Point, attacks: dict, out: dict[str, Any], sweep: dict[str, Any]) -> None:
         n_eval = len(self.eval_x)
         y = torch.cat([self.eval_y, self.fit_y])
         groups: dict[tuple, dict[str, Any]] = {}
         for d in point.detections:
             if (d["attack"], d["source"]) not in attacks or not self.ready(d["benign"], d["adversarial"], d["labels"],
-                                                                           d["benign_labels"], d.get("calibration")):
+                                                                           d["benign_labels"], d.get("calibration"),
+                                                                           d.get("transfer")):
                 continue
             adv = attacks[(d["attack"], d["source"])]
             success = ((adv["pred_clean"] == y) & (adv["pred_adv"] != y))[:n_eval]
@@ -284,8 +303,12 @@ class Assembler:
                 keep = torch.ones(n_eval, dtype=torch.bool)
                 if subset == "filtered":
                     keep = benign_labels == self.eval_y
-                for population in ("successful", "attacked"):
-                    chosen = keep & success if population == "successful" else keep
+                populations = {"successful": keep & success, "attacked": keep}
+                if d.get("transfer"):  # transfer rows: positives that fool the target, whatever the source did
+                    target = self.driver.load(d["transfer"])
+                    populations["fools-target"] = keep & (target["pred_clean"] == self.eval_y) & \
+                        (target["pred_adv"] != self.eval_y)
+                for population, chosen in populations.items():
                     row = {"detector": d["detector"], "interpreter": d["interpreter"], "attack": d["attack"],
                            "source": d["source"], "target": d["target"], "subset": subset, "population": population,
                            "score_definition": d["score_definition"], **sweep}

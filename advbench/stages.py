@@ -430,6 +430,14 @@ def stage_attack_merge(node: Node, worker: Worker) -> dict[str, Any]:
     return {"x_adv": x_adv, "pred_clean": worker.predict(model, x), "pred_adv": worker.predict(model, x_adv)}
 
 
+def stage_transfer(node: Node, worker: Worker) -> dict[str, Any]:
+    """The target victim's labels on the clean evaluation images and on the adversarial ones from another victim."""
+    model = load_classifier(node.params["victim"], worker)
+    clean, _ = images(worker, node.params["clean"])
+    adversarial, _ = images(worker, node.params["adversarial"])
+    return {"pred_clean": worker.predict(model, clean), "pred_adv": worker.predict(model, adversarial)}
+
+
 def fitted_detector(node: Node, worker: Worker, env: DetectorEnv):
     """The detector of a scores node, fitted on the held-out images (once per process and fit key)."""
     p = node.params
@@ -511,7 +519,8 @@ def stage_gallery(node: Node, worker: Worker) -> dict[str, Any]:
 # what each stage's artifact holds: an entry without it (written by other code) is discarded and recomputed
 FIELDS = {"victim": ("state_dict",), "mask-classifier": ("state_dict",), "interpreter": ("state_dict",),
           "accuracy": ("accuracy",), "masks": ("masks",), "mask-labels": ("labels",), "adversarial-chunk": ("x",),
-          "adversarial": ("x_adv", "pred_clean", "pred_adv"), "gallery": ("per_class", "examples")}
+          "adversarial": ("x_adv", "pred_clean", "pred_adv"), "gallery": ("per_class", "examples"),
+          "transfer": ("pred_clean", "pred_adv")}
 
 
 def expected_fields(node: Node) -> tuple[str, ...]:
@@ -533,6 +542,7 @@ STAGES: dict[str, Callable[[Node, Worker], Any]] = {
     "adversarial": stage_attack_merge,
     "scores": stage_scores,
     "gallery": stage_gallery,
+    "transfer": stage_transfer,
 }
 
 # what a node's stage is called in stage records, run.log and `cache ls`

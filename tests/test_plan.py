@@ -241,3 +241,28 @@ def test_every_detector_is_read_at_thresholds_chosen_on_calibration_images_only(
     assert thresholds[0] == pytest.approx(expected) and thresholds[1] == thresholds[0]
     assert np.isclose(expected["fpr_5"], np.sort(calibration)[::-1][10])
     del torch
+
+
+def test_transfer_rows_count_positives_on_the_target_too(tmp_path):
+    """Inputs crafted on one victim and judged by another's detector: the attacks table says how many also fool
+    the target, and transfer rows come for both populations (fool the source; fool the target)."""
+    raw = yaml.safe_load(open(small_digits(tmp_path)))
+    raw["victims"]["other"] = {"plugin": "small-cnn", "options": {"epochs": 2}}
+    raw["evaluation"]["pairs"] = [{"source": "cnn", "target": "cnn"}, {"source": "other", "target": "cnn"}]
+    raw["detectors"] = {"contrastive": {}}
+    raw["attacks"].pop("pgd")
+    path = tmp_path / "transfer.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    advbench_cli("run", str(path), "--out", str(tmp_path / "run"), "--threads", "1", cache=tmp_path / "cache")
+    results = load_results(tmp_path / "run")
+    crafted = next(a for a in results["attacks"] if a["source"] == "other")
+    on_target = crafted["transfer"]["cnn"]
+    assert 0 <= on_target["transfer_rate"] <= 1 and on_target["n_fools_target"] <= on_target["n_target_correct"]
+    assert "transfer" not in next(a for a in results["attacks"] if a["source"] == "cnn")  # cnn->other is no pair
+    rows = [r for r in results["detection"] if r["source"] == "other" and r["subset"] == "all"]
+    by_population = {r["population"]: r for r in rows}
+    assert set(by_population) == {"successful", "attacked", "fools-target"}
+    assert by_population["fools-target"]["n_adversarial"] == on_target["n_fools_target"]
+    assert not any(r["population"] == "fools-target" for r in results["detection"] if r["source"] == r["target"])
+    page = (tmp_path / "run" / "index.html").read_text()
+    assert "table-transfer-target" in page and "transfer to cnn" in page

@@ -126,6 +126,12 @@ def build_context(results: dict[str, Any], raw: str, run_dir: Path, env: jinja2.
                                           "AUROC is inflated the same way; 'kept of all' is the share of adversarial "
                                           "inputs the filter keeps.",
                                           pair="both", recovery="always"),
+        "transfer_target_table": detection_table(view, view.rows(direct=False, population_="fools-target"),
+                                                 "table-transfer-target",
+                                                 "Transferred inputs counted on the target: the positives are the "
+                                                 "adversarial inputs the target victim misclassifies (its clean "
+                                                 "original classified right), whether or not they fooled the source.",
+                                                 pair="both"),
         "attacked_table": detection_table(view, view.rows(subset_=None, population_="attacked"), "table-attacked",
                                           "Population \"attacked\": every attacked input, failed attacks included "
                                           "(the main tables count successful adversarial inputs only).",

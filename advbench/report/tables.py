@@ -160,9 +160,22 @@ def attacks_table(view: View) -> Table:
                Column("n success", "num"), Column("success rate", "num"), Column("mean l∞", "num"),
                Column("mean l2", "num"), Column("mean l0", "num", "; ".join(units))]
     rows = sorted(view.attacks, key=lambda r: (view.attack_key(r.get("attack")), view.victim_key(r.get("source"))))
-    body = [[text(r.get("attack")), text(r.get("plugin")), text(r.get("norm")), text(r.get("source")),
-             count(r.get("n")), count(r.get("n_success")), num(r.get("success_rate")), num(r.get("mean_linf")),
-             num(r.get("mean_l2")), num(r.get("mean_l0"))] for r in rows]
+    # runs since the field's convention was recorded: success among the inputs the victim got right, and the
+    # share of the inputs fooling the source that fool each other victim too
+    correct = any(is_number(r.get("success_rate_correct")) for r in rows)
+    targets = ordered(t for r in rows for t in mapping(r.get("transfer")))
+    if correct:
+        columns.insert(7, Column("success of correct", "num", "n success / inputs the victim classified right"))
+    columns += [Column(f"transfer to {t}", "num", "of the inputs fooling the source, the share fooling this "
+                                                  "victim too") for t in targets]
+    body = []
+    for r in rows:
+        cells = [text(r.get("attack")), text(r.get("plugin")), text(r.get("norm")), text(r.get("source")),
+                 count(r.get("n")), count(r.get("n_success")), num(r.get("success_rate"))]
+        cells += [num(r.get("success_rate_correct"))] if correct else []
+        cells += [num(r.get("mean_linf")), num(r.get("mean_l2")), num(r.get("mean_l0"))]
+        cells += [num(mapping(mapping(r.get("transfer")).get(t)).get("transfer_rate")) for t in targets]
+        body.append(cells)
     return Table("table-attacks", columns, body,
                  "Attacks: success rate on the attacked test images and the mean perturbation size of the "
                  "successful adversarial inputs.")
