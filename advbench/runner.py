@@ -522,7 +522,7 @@ def run_suite(suite: Suite, run_dir: Path, device: Any, cache: Cache, limit: Opt
         if driver is not None and assembler is not None:
             for point in driver.plan.points:
                 try:
-                    _merge(results, _assemble(assembler, point, partial=True))
+                    _merge(results, _assemble(assembler, point))
                 except BaseException:  # a second interruption or a broken artifact: keep what is merged
                     break
         done = len([r for r in driver.records if not r["cached"]]) if driver is not None else 0
@@ -563,7 +563,7 @@ def _point_keys(point: Point) -> list[str]:
     return keys
 
 
-def _assemble(assembler: Assembler, point: Point, partial: bool = False) -> dict[str, Any]:
+def _assemble(assembler: Assembler, point: Point) -> dict[str, Any]:
     out = assembler.point(point)
     out["warnings"] = out["warnings"] + assembler.warnings(point, out)
     return out
