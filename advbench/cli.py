@@ -246,7 +246,7 @@ def _run(suite_file: Path, device: Optional[str], out_dir: Optional[Path], limit
 
     extra = list(overrides)
     if executor_name is not None:
-        extra.insert(0, f"executor.plugin={executor_name}")
+        extra.insert(0, _executor_override(executor_name))
     if seed is not None:
         extra.append(f"seed={seed}")
     suite = load_suite(suite_file, extra)
@@ -316,6 +316,15 @@ def _run(suite_file: Path, device: Optional[str], out_dir: Optional[Path], limit
         click.echo(f"advbench: failed: {failure['label']}: {failure['error']}", err=True)
     if results.get("failed"):
         sys.exit(1)
+
+
+def _executor_override(name: str) -> str:
+    """``--executor NAME`` as the suite field it sets, checked here so an unknown name is blamed on the option."""
+    from advbench import plugins
+
+    if name not in plugins.registry()["executor"]:  # names and aliases
+        raise AdvbenchError(f"--executor {name}: unknown executor; installed: {', '.join(plugins.names('executor'))}")
+    return f"executor.plugin={name}"
 
 
 def _page_after_failure(run_dir: Path, no_report: bool) -> None:
@@ -415,7 +424,7 @@ def plan_command(suite_file: Path, limit: Optional[int], seed: Optional[int], ov
     from advbench.stages import load_dataset
     from advbench.suite import load_suite
 
-    extra = ([f"executor.plugin={executor_name}"] if executor_name else []) + list(overrides) + \
+    extra = ([_executor_override(executor_name)] if executor_name else []) + list(overrides) + \
         ([f"seed={seed}"] if seed is not None else [])
     suite = load_suite(suite_file, extra)
     cache = Cache()

@@ -266,3 +266,10 @@ def test_transfer_rows_count_positives_on_the_target_too(tmp_path):
     assert not any(r["population"] == "fools-target" for r in results["detection"] if r["source"] == r["target"])
     page = (tmp_path / "run" / "index.html").read_text()
     assert "table-transfer-target" in page and "transfer to cnn" in page
+
+
+@pytest.mark.parametrize("command", ["run", "plan"])
+def test_an_unknown_executor_is_blamed_on_the_option(tmp_path, command):
+    proc = advbench_cli(command, "suites/digits.yaml", "--executor", "nosuch", cache=tmp_path / "cache", check=False)
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
+        "advbench: error: --executor nosuch: unknown executor; installed: local, processes, ray"]
