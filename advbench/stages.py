@@ -177,11 +177,6 @@ MODELS = _Memo(16)
 DETECTORS = _Memo(2)
 
 
-def clear_memo() -> None:
-    for memo in (DATASETS, MODELS, DETECTORS):
-        memo.clear()
-
-
 def _plugin(identity: dict[str, str]):
     return plugins.lookup(identity["kind"], identity["name"])
 
