@@ -168,9 +168,6 @@ class _Memo:
             self.items.popitem(last=False)
         return value
 
-    def clear(self) -> None:
-        self.items.clear()
-
 
 DATASETS = _Memo(2)
 MODELS = _Memo(16)
