@@ -32,6 +32,9 @@ __all__ = [
     "Component", "Dataset", "Victim", "Interpreter", "Attack", "Detector", "Executor", "Options",
     # what the harness hands to methods and what they return
     "RunContext", "ProgressStore", "DataSplits", "DetectorEnv", "DetectorOutput",
+    # the attacker's side: the threat model an attack runs under, what it returns, and what an adaptive
+    # attacker knows of the defence
+    "ThreatModel", "AttackResult", "Defence",
     "KINDS",
 ]
 
@@ -74,6 +77,9 @@ class RunContext:
     # where a long fit keeps its state between epochs (the harness stores it in the cache beside the stage's
     # entry): a killed run resumes from the last finished epoch instead of the first
     checkpoint: Optional["ProgressStore"] = None
+    # True while an adaptive attacker differentiates through an interpreter or detector: methods that take input
+    # gradients keep the graph (``create_graph=True``) and nothing may run under ``torch.no_grad()``
+    differentiable: bool = False
 
     def derive_seed(self, *salt: Any) -> int:
         """A seed for one purpose, stable across runs: the suite seed hashed with the salt."""
@@ -88,7 +94,8 @@ class RunContext:
 
     def child(self, *salt: Any) -> "RunContext":
         """The same context with a seed derived for a sub-task."""
-        return RunContext(self.device, self.batch_size, self.derive_seed(*salt), self.progress, self.checkpoint)
+        return RunContext(self.device, self.batch_size, self.derive_seed(*salt), self.progress, self.checkpoint,
+                          self.differentiable)
 
     def save_progress(self, state: dict[str, Any]) -> None:
         """Keep a fit's state after an epoch (plain containers and tensors: model, optimizer, RNG states, epoch)."""
@@ -149,6 +156,10 @@ class Dataset(Component):
     """A source of labelled images."""
 
     kind = "dataset"
+    # the grid the stored images sit on: intensities are multiples of 1 / levels (255 for 8-bit images, 16 for
+    # scikit-learn's digits). The threat model quantises adversarial inputs to it, since an attacker must submit
+    # an image; None: continuous data, nothing to quantise
+    levels: ClassVar[Optional[int]] = None
 
     def load(self, ctx: RunContext) -> DataSplits:
         raise NotImplementedError
@@ -194,19 +205,93 @@ class Interpreter(Component):
         raise NotImplementedError
 
 
+@dataclass(frozen=True)
+class ThreatModel:
+    """What the attacker may do, fixed by the harness (the suite's ``threat_model``), not by the attack.
+
+    ``norm`` is "linf", "l2" or "l0"; ``eps`` the budget in that norm ([0, 1] input units for linf/l2, input
+    elements for l0), None for an unbounded (minimal-perturbation) attack; ``levels`` the data's intensity grid
+    (``Dataset.levels``): with ``quantize`` the outputs are rounded onto it; ``targeted`` asks for a given label
+    instead of any wrong one.
+    """
+
+    norm: str = "linf"
+    eps: Optional[float] = None
+    quantize: bool = True
+    levels: Optional[int] = None
+    targeted: bool = False
+
+
+@dataclass
+class AttackResult:
+    """What ``Attack.__call__`` returns for one batch (CPU tensors, one entry per input).
+
+    ``adversarial`` lies in the threat model's ball around x, in [0, 1] and (when quantised) on the data's grid;
+    ``success`` is judged on that final image; ``success_unquantized`` on the plugin's raw output, so
+    quantisation that undid an attack is counted, not hidden; ``norms`` holds each image's "linf", "l2" and "l0"
+    distance to x.
+    """
+
+    adversarial: torch.Tensor
+    success: torch.Tensor
+    success_unquantized: torch.Tensor
+    norms: dict[str, torch.Tensor]
+
+
+@dataclass
+class Defence:
+    """What an adaptive attacker knows: the victim, the detector under evaluation and its operating point.
+
+    ``score(x)`` is the detector's score as a differentiable function of a batch on the device (higher = more
+    adversarial); where the detector has non-differentiable or random parts it is already the surrogate the
+    detector declares (``gradient``: "exact", "bpda" = a smooth or identity stand-in on the backward pass,
+    "eot" = an average over random draws). ``threshold`` is the detector's threshold at ``fpr`` false positives,
+    chosen on held-out benign images (never on the evaluation images): an input is flagged when its score
+    exceeds it. For detectors that read an interpretation, ``explain`` (g, differentiable) and
+    ``mask_classifier`` (f2) are given too, so an attack can target the masks themselves.
+    """
+
+    victim: nn.Module
+    detector: str
+    score: Callable[[torch.Tensor], torch.Tensor]
+    threshold: float
+    fpr: float = 0.05
+    gradient: str = "exact"
+    explain: Optional[Callable[[torch.Tensor], torch.Tensor]] = None
+    mask_classifier: Optional[nn.Module] = None
+
+    def flagged(self, x: torch.Tensor) -> torch.Tensor:
+        """Which inputs of a batch the detector flags at the defence's threshold."""
+        with torch.no_grad():
+            return self.score(x) > self.threshold
+
+
 class Attack(Component):
     """An evasion attack. ``run`` gets one batch on the device and returns adversarial images in [0, 1].
 
-    The harness does the rest, foolbox-style: batching, device, clipping to [0, 1], and deciding which
-    outputs succeeded (the victim's label changed) and their l-inf, l2 and l0 distances.
-    ``norm`` names the threat model ("linf", "l2" or "l0").
+    The harness calls the attack through ``__call__``, the template every attack goes through (foolbox 3's
+    shape): it moves the batch to the device once, runs the plugin's ``run``, then enforces the threat model
+    (projection onto the norm ball and [0, 1], quantisation onto the data's grid), judges success (untargeted:
+    the victim's label differs from ``y``; targeted: it equals the target) on the final image and records
+    per-image norms. A plugin's ``run`` need not clip or project: the template does it for every attack.
+    ``norm`` names the norm the attack optimises ("linf", "l2" or "l0"); ``knowledge`` is "oblivious" (crafted
+    on the victim alone) or "adaptive" (``run`` also gets the ``Defence`` as its fifth argument).
+    ``supports_targeted`` says ``run`` reads ``y`` as target labels when the threat model is targeted.
     """
 
     kind = "attack"
     norm: ClassVar[str] = ""
+    knowledge: ClassVar[str] = "oblivious"
+    supports_targeted: ClassVar[bool] = False
 
     def run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: RunContext) -> torch.Tensor:
         raise NotImplementedError
+
+    def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: RunContext,
+                 threat: ThreatModel, defence: Optional[Defence] = None) -> AttackResult:
+        from advbench.threat import run_attack  # the harness's template; kept out of the API module
+
+        return run_attack(self, model, x, y, ctx, threat, defence)
 
 
 @dataclass
@@ -256,6 +341,17 @@ class Detector(Component):
 
     def score(self, env: DetectorEnv, x: torch.Tensor, ctx: RunContext) -> DetectorOutput:
         raise NotImplementedError
+
+    # how ``attack_score`` is differentiated: "exact", "bpda" (a stand-in for non-differentiable parts on the
+    # backward pass), "eot" (random parts averaged over draws), "bpda+eot"; "" = no differentiable score, so an
+    # adaptive attack cannot run against this detector and its adaptive rows say so
+    adaptive_gradient: ClassVar[str] = ""
+
+    def attack_score(self, env: DetectorEnv, x: torch.Tensor, ctx: RunContext) -> torch.Tensor:
+        """``score(...).score`` as a differentiable function of ``x`` (a batch on the device), for adaptive
+        attacks: same forward values wherever the detector is deterministic and differentiable. Called with
+        ``ctx.differentiable`` set; the detector is already fitted."""
+        raise NotImplementedError(f"detector {self.name!r} has no differentiable score")
 
 
 class Executor(Component):
