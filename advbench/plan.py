@@ -60,6 +60,8 @@ class Point:
     detections: list[dict[str, Any]] = field(default_factory=list)  # per (pair, detector, interpreter, attack)
     galleries: list[str] = field(default_factory=list)
     transfers: list[dict[str, Any]] = field(default_factory=list)  # per (attack, source, target != source)
+    # adaptive cells that cannot run (no differentiable score, a transfer pair ...): reported, never skipped silently
+    unavailable: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass
@@ -302,7 +304,8 @@ class _Builder:
         self.add(Node(base_key, "adversarial", f"{aname} on {source}", self.settings,
                       inputs=tuple(chunks) + _stored(victim),
                       params={"chunks": chunks, "victim": victim, "images": self.images("eval+fit")}))
-        entry = {"attack": aname, "plugin": areg.name, "norm": areg.cls.norm, "source": source, "key": base_key}
+        entry = {"attack": aname, "plugin": areg.name, "norm": areg.cls.norm, "source": source, "key": base_key,
+                 "knowledge": "oblivious", "threat_model": attack_threat(suite, aname), "steps": _steps(aoptions)}
         point.attacks.append(entry)
         return entry
 
@@ -319,7 +322,11 @@ class _Builder:
         adversarial_fit = dreg.cls.needs_adversarial_fit
         name = f"{dname}{'/' + iname if iname else ''} on {target}"
         n_eval = self.subset["n_eval"]
+        common = dict(plugin=_with_kind(dreg), options=_options(doptions),
+                      resources={"cpus": 1, "gpus": 0, "memory_mb": 4096})
         for aname in suite.usable("attacks"):
+            if _adaptive(suite, aname):
+                continue
             adv = attacks[(aname, source)]
             fit_on = [env_key, self.subset_key] + ([adv["key"]] if adversarial_fit else [])
             fit_key = make_key("scores", {"options": _options(doptions), "seed": self.settings.seed,
@@ -331,8 +338,6 @@ class _Builder:
                       "fit_adversarial": adv["key"] if adversarial_fit else None,
                       "images": {"benign": self.images("eval"), "calibration": self.images("calibration"),
                                  "adversarial": self.images("adversarial", key=adv["key"], start=0, stop=n_eval)}}
-            common = dict(plugin=_with_kind(dreg), options=_options(doptions),
-                          resources={"cpus": 1, "gpus": 0, "memory_mb": 4096})
             reads = env_inputs + (adv["key"],)
             if adversarial_fit:  # fitted per attack: its benign scores belong to this attack
                 key = make_key("scores-for", {}, [fit_key, adv["key"]])
@@ -379,10 +384,115 @@ class _Builder:
             point.detections.append({
                 "detector": dname, "interpreter": iname, "attack": aname, "source": source, "target": target,
                 "score_definition": getattr(dreg.cls, "score_definition", None) or dreg.cls.description,
-                "adversarial_fit": adversarial_fit,
+                "adversarial_fit": adversarial_fit, "knowledge": "oblivious", "attack_plugin": adv["plugin"],
+                "threat_model": adv.get("threat_model"), "steps": adv.get("steps"),
+                "gradient": dreg.cls.adaptive_gradient or None, "fit_attack": None,
                 "benign": benign_key, "adversarial": adversarial_key, "attack_key": adv["key"],
                 "calibration": calibration_key, "transfer": transfer_key,
                 "labels": labels_key, "benign_labels": benign_labels})
+        for aname in suite.usable("attacks"):
+            if _adaptive(suite, aname):
+                self.adaptive(suite, point, aname, dname, iname, source, target, victim, interp, attacks,
+                              {"env": env, "env_key": env_key, "env_inputs": env_inputs, "common": common})
+
+    # ------------------------------------------------------------------ adaptive attacks
+    def adaptive(self, suite: Any, point: Point, aname: str, dname: str, iname: Optional[str], source: str,
+                 target: str, victim: Node, interp: Optional[dict[str, Any]],
+                 attacks: dict[tuple[str, str], dict[str, Any]], defence: dict[str, Any]) -> None:
+        """An attack that knows the detector: crafted against (victim, detector fitted as for its oblivious rows,
+        its threshold at ``ADAPTIVE_FPR`` on the calibration images), then scored like any other attack."""
+        from advbench.cache import make_key
+        from advbench.threat import TEMPLATE_REVISION
+
+        areg, aoptions = suite.component("attacks", aname)
+        dreg, doptions = suite.component("detectors", dname)
+        threat = attack_threat(suite, aname)
+        cell = {"detector": dname, "interpreter": iname, "attack": aname, "attack_plugin": areg.name,
+                "knowledge": "adaptive", "source": source, "target": target, "threat_model": threat,
+                "steps": _steps(aoptions), "gradient": dreg.cls.adaptive_gradient or None, "fit_attack": None}
+        ireg = suite.component("interpreters", iname)[0] if iname else None
+        reason = None
+        if source != target:
+            reason = "transfer pair: adaptive attacks run white-box against the target's own detector only"
+        elif not dreg.cls.adaptive_gradient:
+            reason = f"detector {dname} has no differentiable score (it declares no adaptive_gradient)"
+        elif ireg is not None and not getattr(ireg.cls, "differentiable", True):
+            reason = f"interpreter {iname} ({ireg.name}) is not differentiable"
+        elif not self.subset["n_calibration"]:
+            reason = "no calibration images (evaluation.n_calibration is 0): no held-out threshold to attack"
+        fit_adv = None
+        if reason is None and dreg.cls.needs_adversarial_fit:
+            # fitted as its oblivious rows are: on the oblivious attack of the same threat model, else the first
+            oblivious = [e for (a, src), e in attacks.items() if src == source]
+            same = [e for e in oblivious if e.get("threat_model") and threat and
+                    (e["threat_model"].get("norm"), e["threat_model"].get("eps")) == (threat.get("norm"), threat.get("eps"))]
+            fit_adv = (same or oblivious or [None])[0]
+            if fit_adv is None:
+                reason = f"detector {dname} fits on adversarial examples and the suite has no oblivious attack to fit on"
+            else:
+                cell["fit_attack"] = fit_adv["attack"]
+        if reason is not None:
+            point.unavailable.append({**cell, "status": "not-run", "reason": reason})
+            return
+        env_key = defence["env_key"]
+        fit_on = [env_key, self.subset_key] + ([fit_adv["key"]] if fit_adv else [])
+        fit_key = make_key("scores", {"options": _options(doptions), "seed": self.settings.seed,
+                                      "salt": ["detector", dname, iname, target], "numerics": self.numerics},
+                           fit_on, identity(dreg))
+        calibration_key = make_key("scores-calibration", {"subset": self.calibration_key}, [fit_key])
+        n_eval = self.subset["n_eval"]
+        config = {"options": _options(aoptions), "seed": self.settings.seed, "batch_size": self.settings.batch_size,
+                  "salt": ["adaptive", aname, dname, iname, target], "subset": self.subset_key,
+                  "numerics": self.numerics, "threat_model": threat, "template": TEMPLATE_REVISION,
+                  "fpr": ADAPTIVE_FPR, "gradient": dreg.cls.adaptive_gradient}
+        base_key = make_key("adversarial", config, [victim.key, fit_key, calibration_key], identity(areg))
+        reads = defence["env_inputs"] + (calibration_key,) + ((fit_adv["key"],) if fit_adv else ())
+        detector = {"plugin": _with_kind(dreg), "options": _options(doptions), "detector": dname,
+                    "interpreter": iname, "target": target, "env": defence["env"], "fit_key": fit_key,
+                    "fit_images": self.images("fit"), "eval_fit_images": self.images("eval+fit"),
+                    "fit_adversarial": fit_adv["key"] if fit_adv else None, "calibration": calibration_key,
+                    "fpr": ADAPTIVE_FPR, "gradient": dreg.cls.adaptive_gradient}
+        label = f"{aname} against {dname}{'/' + iname if iname else ''} on {target}"
+        chunks = []
+        for start in range(0, n_eval, CHUNK):
+            chunk_key = make_key("adversarial-chunk", {"start": start, "size": CHUNK}, [base_key])
+            chunks.append(self.add(Node(
+                chunk_key, "adversarial-chunk", f"{label} [{start}:]", self.settings, inputs=reads,
+                plugin=_with_kind(areg), options=_options(aoptions),
+                params={"attack": aname, "source": target, "victim": victim, "start": start, "size": CHUNK,
+                        "images": self.images("eval"), "threat_model": threat, "defence": detector},
+                resources={"cpus": 1, "gpus": 0, "memory_mb": 4096})).key)
+        self.add(Node(base_key, "adversarial", label, self.settings, inputs=tuple(chunks) + _stored(victim),
+                      params={"chunks": chunks, "victim": victim, "images": self.images("eval")}))
+        adv_set = self.images("adversarial", key=base_key, start=0, stop=n_eval)
+        params = {"detector": dname, "interpreter": iname, "target": target, "env": defence["env"], "fit_key": fit_key,
+                  "fit_images": self.images("fit"), "eval_fit_images": self.images("eval+fit"),
+                  "fit_adversarial": fit_adv["key"] if fit_adv else None,
+                  "images": {"benign": self.images("eval"), "calibration": self.images("calibration"),
+                             "adversarial": adv_set}}
+        scores_key = make_key("scores-adversarial", {}, [fit_key, base_key])
+        self.add(Node(scores_key, "scores", f"{dname}{'/' + iname if iname else ''} on {target}, {aname} (adaptive)",
+                      self.settings, inputs=reads + (base_key,), params={**params, "parts": ["adversarial"]},
+                      **defence["common"]))
+        # benign scores of the same fitted model: the oblivious rows' node (same fit key, same formula)
+        benign_key = make_key("scores-for", {}, [fit_key, fit_adv["key"]]) if fit_adv else \
+            make_key("scores-benign", {}, [fit_key])
+        labels_key = benign_labels = None
+        if interp is not None:
+            labels_key = make_key("mask-labels", {"set": "adversarial", "numerics": self.numerics}, [env_key, base_key])
+            self.add(Node(labels_key, "mask-labels", f"f2 labels {iname}/{target} on {aname} against {dname}",
+                          self.settings, inputs=interp["reads"] + (base_key,),
+                          params={"interp": interp["interp"], "f2": interp["f2"],
+                                  "progress": f"f2 labels {aname} (adaptive)", "images": adv_set}))
+            benign_labels = interp["eval_labels"]
+        point.attacks.append({"attack": aname, "plugin": areg.name, "norm": areg.cls.norm, "source": target,
+                              "key": base_key, "knowledge": "adaptive", "detector": dname, "interpreter": iname,
+                              "threat_model": threat, "steps": _steps(aoptions)})
+        point.detections.append({
+            **cell, "score_definition": getattr(dreg.cls, "score_definition", None) or dreg.cls.description,
+            "adversarial_fit": dreg.cls.needs_adversarial_fit, "benign": benign_key, "adversarial": scores_key,
+            "attack_key": base_key, "calibration": calibration_key, "transfer": None, "labels": labels_key,
+            "benign_labels": benign_labels})
 
     def gallery(self, point: Point, target: str, victim: Node, interp: dict[str, Any],
                 attacks: dict[tuple[str, str], dict[str, Any]], classes: list[str]) -> None:
@@ -418,6 +528,8 @@ class _Builder:
                 interps[(target, iname)] = self.interpretation(suite, point, target, need(target), iname)
         attacks: dict[tuple[str, str], dict[str, Any]] = {}
         for aname in suite.usable("attacks"):
+            if _adaptive(suite, aname):  # crafted against one detector at a time: made in detection()
+                continue
             for source in sources:
                 attacks[(aname, source)] = self.attack(suite, point, aname, source, need(source))
         for pair in spec.evaluation.pairs:
@@ -436,6 +548,25 @@ class _Builder:
                 self.gallery(point, target, victims[target], interp, attacks, self.classes)
         self.points.append(point)
         return point
+
+
+ADAPTIVE_FPR = 0.05  # the operating point an adaptive attacker is told: 5% false positives on held-out benign images
+
+
+def _adaptive(suite: Any, aname: str) -> bool:
+    return suite.component("attacks", aname)[0].cls.knowledge == "adaptive"
+
+
+def _steps(options: Any) -> Optional[int]:
+    """An attack's iteration budget where its options name one (the sanity checks compare step counts)."""
+    value = getattr(options, "steps", None)
+    return int(value) if isinstance(value, int) else None
+
+
+def attack_threat(suite: Any, aname: str) -> dict[str, Any]:
+    """The threat model an attack runs under, as plain data (placeholder until the suite carries one)."""
+    areg, aoptions = suite.component("attacks", aname)
+    return {"norm": areg.cls.norm, "eps": getattr(aoptions, "eps", None), "quantize": True, "targeted": False}
 
 
 def _stored(node: Node) -> tuple[str, ...]:

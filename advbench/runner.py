@@ -22,11 +22,11 @@ from typing import Any, Callable, Optional
 import torch
 
 import advbench
-from advbench import metrics, plugins
+from advbench import metrics, plugins, security
 from advbench.cache import Cache
 from advbench.errors import AdvbenchError
 from advbench.outputs import write_outputs
-from advbench.plan import Node, Plan, Point, Settings, build_plan, data_node
+from advbench.plan import ADAPTIVE_FPR, Node, Plan, Point, Settings, build_plan, data_node
 from advbench.devices import resolve_device
 from advbench.stages import InputMissing, expected_fields, has_fields, load_dataset, run_node, subset_indices
 from advbench.suite import Suite
@@ -202,7 +202,7 @@ class Assembler:
     def point(self, point: Point) -> dict[str, Any]:
         sweep = {"sweep": dict(point.values)} if point.values else {}
         out: dict[str, Any] = {"victims": {}, "interpreters": [], "attacks": [], "detection": [], "worst_case": [],
-                               "warnings": [], "_sweep": point.values}
+                               "security": [], "warnings": [], "_sweep": point.values}
         load = self.driver.load
         for name, entry in point.victims.items():
             if self.ready(entry["accuracy"]):
@@ -231,13 +231,15 @@ class Assembler:
             if not self.ready(entry["key"]):
                 continue
             adv = load(entry["key"])
-            attacks[(entry["attack"], entry["source"])] = adv
+            attacks[entry["key"]] = adv
             row = self.attack_row(entry, adv, sweep)
             for t in point.transfers:
                 if (t["attack"], t["source"]) == (entry["attack"], entry["source"]) and self.ready(t["key"]):
                     row.setdefault("transfer", {})[t["target"]] = self.transfer(adv, self.driver.load(t["key"]))
             out["attacks"].append(row)
         self.detection(point, attacks, out, sweep)
+        for cell in point.unavailable:  # adaptive cells that could not run say why, in the same table
+            out["security"].append({**security.unavailable_row(**cell), **sweep})
         return out
 
     def mask_channels(self, entry: dict[str, Any]) -> Optional[int]:
@@ -249,13 +251,16 @@ class Assembler:
 
     def attack_row(self, entry: dict[str, Any], adv: dict[str, Any], sweep: dict[str, Any]) -> dict[str, Any]:
         n_eval = len(self.eval_x)
-        y = torch.cat([self.eval_y, self.fit_y])
+        y = torch.cat([self.eval_y, self.fit_y])[:len(adv["pred_clean"])]  # adaptive sets: evaluation images only
         # an attack succeeds on an input the victim classified correctly and now misclassifies
         success = (adv["pred_clean"] == y) & (adv["pred_adv"] != y)
         ok = success[:n_eval]
         d = (adv["x_adv"][:n_eval] - self.eval_x).flatten(1)[ok]
+        against = {"detector": entry["detector"], "interpreter": entry["interpreter"]} \
+            if entry.get("knowledge") == "adaptive" else {}
         return {"attack": entry["attack"], "plugin": entry["plugin"], "norm": entry["norm"], "source": entry["source"],
-                "n": n_eval, "n_success": int(ok.sum()),
+                "knowledge": entry.get("knowledge", "oblivious"), **against,
+                "threat_model": entry.get("threat_model"), "steps": entry.get("steps"), "n": n_eval, "n_success": int(ok.sum()),
                 "success_rate": float(ok.float().mean()) if n_eval else None,
                 "n_correct": int((adv["pred_clean"][:n_eval] == y[:n_eval]).sum()),
                 # the field's convention: of the inputs the victim classified correctly, the share it now gets wrong
@@ -285,12 +290,13 @@ class Assembler:
         y = torch.cat([self.eval_y, self.fit_y])
         groups: dict[tuple, dict[str, Any]] = {}
         for d in point.detections:
-            if (d["attack"], d["source"]) not in attacks or not self.ready(d["benign"], d["adversarial"], d["labels"],
-                                                                           d["benign_labels"], d.get("calibration"),
-                                                                           d.get("transfer")):
+            if d["attack_key"] not in attacks or not self.ready(d["benign"], d["adversarial"], d["labels"],
+                                                                d["benign_labels"], d.get("calibration"),
+                                                                d.get("transfer")):
                 continue
-            adv = attacks[(d["attack"], d["source"])]
-            success = ((adv["pred_clean"] == y) & (adv["pred_adv"] != y))[:n_eval]
+            adv = attacks[d["attack_key"]]
+            n_adv = len(adv["pred_clean"])
+            success = ((adv["pred_clean"] == y[:n_adv]) & (adv["pred_adv"] != y[:n_adv]))[:n_eval]
             benign = self.driver.load(d["benign"])["benign"]
             scores = {"benign": benign, "adversarial": self.driver.load(d["adversarial"])["adversarial"]}
             calibration = self.driver.load(d["calibration"])["calibration"]["score"] if d.get("calibration") else None
@@ -298,6 +304,8 @@ class Assembler:
             benign_labels = self.driver.load(d["benign_labels"])["labels"] if d["benign_labels"] else None
             group = groups.setdefault((d["detector"], d["interpreter"], d["source"], d["target"]), {})
             group[d["attack"]] = (scores, success)
+            if calibration is not None:
+                out["security"].append(self.security(d, adv, scores["adversarial"]["score"], calibration, sweep))
             subsets = ("all", "filtered") if (labels is not None and self.filtered) else ("all",)
             for subset in subsets:
                 keep = torch.ones(n_eval, dtype=torch.bool)
@@ -310,6 +318,7 @@ class Assembler:
                         (target["pred_adv"] != self.eval_y)
                 for population, chosen in populations.items():
                     row = {"detector": d["detector"], "interpreter": d["interpreter"], "attack": d["attack"],
+                           "knowledge": d.get("knowledge", "oblivious"),
                            "source": d["source"], "target": d["target"], "subset": subset, "population": population,
                            "score_definition": d["score_definition"], **sweep}
                     row.update(_metrics(scores, chosen))
@@ -343,6 +352,21 @@ class Assembler:
                                              first["benign"]["score"], first["benign"]["flag"])
                 out["worst_case"].append({"detector": dname, "interpreter": iname, "source": source, "target": target,
                                           "subset": "all", **summary, **sweep})
+
+    def security(self, d: dict[str, Any], adv: dict[str, Any], adversarial_scores: torch.Tensor,
+                 calibration: torch.Tensor, sweep: dict[str, Any]) -> dict[str, Any]:
+        """Attack success under detection for one (detector, attack) cell, at the threshold an adaptive attacker
+        is told: ``ADAPTIVE_FPR`` false positives on the calibration images."""
+        n_eval = len(self.eval_y)
+        threshold = metrics.calibrated_threshold(calibration, ADAPTIVE_FPR)
+        row = security.security_row(
+            detector=d["detector"], interpreter=d["interpreter"], target=d["target"], source=d["source"],
+            attack=d["attack"], attack_plugin=d.get("attack_plugin"), knowledge=d.get("knowledge", "oblivious"),
+            threat_model=d.get("threat_model") or {}, steps=d.get("steps"), gradient=d.get("gradient"),
+            fit_attack=d.get("fit_attack"), y=self.eval_y, pred_clean=adv["pred_clean"][:n_eval],
+            pred_adv=adv["pred_adv"][:n_eval], adversarial_scores=adversarial_scores, threshold=threshold,
+            fpr=ADAPTIVE_FPR)
+        return {**row, **sweep}
 
     def where(self, point: Point) -> str:
         if not point.values:
@@ -447,7 +471,7 @@ def run_suite(suite: Suite, run_dir: Path, device: Any, cache: Cache, limit: Opt
                     for r in plugins.components()],
         "sweep_fields": suite.sweep_fields(), "sweep_base": {f: suite.value_at(f) for f in suite.sweep_fields()},
         "paper_reference": suite.spec.paper_reference,
-        "victims": {}, "interpreters": [], "attacks": [], "detection": [], "worst_case": [],
+        "victims": {}, "interpreters": [], "attacks": [], "detection": [], "worst_case": [], "security": [],
         # a plugin installed but skipped as broken is part of what this run could and could not use
         "warnings": [f"plugin {b.distribution} (entry point {b.entry_point!r}) is broken and was skipped: {b.error}"
                      for b in plugins.broken()],
@@ -499,7 +523,7 @@ def run_suite(suite: Suite, run_dir: Path, device: Any, cache: Cache, limit: Opt
             finished_points.extend(newly)
             if len(finished_points) < len(plan.points):  # a long sweep's finished points can be read meanwhile
                 partial = {**results, "victims": {}, "interpreters": [], "attacks": [], "detection": [],
-                           "worst_case": [], "warnings": [], "missing": list(results["missing"])}
+                           "worst_case": [], "security": [], "warnings": [], "missing": list(results["missing"])}
                 for i in sorted(finished_points):
                     _merge(partial, _assemble(assembler, plan.points[i]))
                 partial["missing"].append(f"in progress: {len(finished_points)} of {len(plan.points)} sweep points "
@@ -510,6 +534,7 @@ def run_suite(suite: Suite, run_dir: Path, device: Any, cache: Cache, limit: Opt
         driver.run(on_finished=snapshot)
         for point in plan.points:
             _merge(results, _assemble(assembler, point))
+        _sanity(results)
         gallery = [driver.load(key) for key in plan.points[0].galleries if key not in driver.broken]
         results["failed"] = driver.failed
         results["complete"] = not driver.failed
@@ -569,9 +594,18 @@ def _assemble(assembler: Assembler, point: Point) -> dict[str, Any]:
     return out
 
 
+def _sanity(results: dict[str, Any]) -> None:
+    """The checks that catch a broken evaluation (Carlini et al. 2019), run over the security rows; a failed one
+    is a warning in the log and on the page."""
+    results["sanity_checks"] = security.sanity_checks(results.get("security", []))
+    for warning in security.sanity_warnings(results["sanity_checks"]):
+        log.warning("%s", warning)
+        results["warnings"].append(warning)
+
+
 def _merge(results: dict[str, Any], out: dict[str, Any]) -> None:
-    for key in ("interpreters", "attacks", "detection", "worst_case", "warnings"):
-        results[key].extend(out.get(key, []))
+    for key in ("interpreters", "attacks", "detection", "worst_case", "security", "warnings"):
+        results.setdefault(key, []).extend(out.get(key, []))
     results["victims"].update(out.get("victims", {}))
     if out.get("_sweep"):  # a swept field may change a victim: keep every point's
         results.setdefault("points", []).append({"sweep": out["_sweep"], "victims": out.get("victims", {})})

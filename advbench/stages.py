@@ -11,6 +11,7 @@ every memoised object is rebuilt identically from the cache when it is not there
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import time
@@ -22,7 +23,7 @@ import torch
 from torch import nn
 
 from advbench import plugins
-from advbench.api import DataSplits, DetectorEnv, ProgressStore, RunContext
+from advbench.api import DataSplits, Defence, DetectorEnv, ProgressStore, RunContext
 from advbench.boundary import check_adversarial, check_data, check_logits, check_masks, check_scores
 from advbench.cache import Cache, make_key
 from advbench.devices import resolve_device
@@ -302,6 +303,13 @@ class Interpretation:
             masks = self.interpreter.explain(self.state, self.victim, x, self.ctx)
         return check_masks(self.spec["plugin"], masks, x).clamp(0, 1)
 
+    def differentiable_explain(self, x: torch.Tensor) -> torch.Tensor:
+        """g(x) with its graph kept, for an adaptive attacker (same seed, so the same masks as ``explain``)."""
+        ctx = dataclasses.replace(self.ctx, differentiable=True)
+        with seeded(self.ctx.derive_seed("explain"), self.device), torch.enable_grad():
+            masks = self.interpreter.explain(self.state, self.victim, x, ctx)
+        return check_masks(self.spec["plugin"], masks, x).clamp(0, 1)
+
 
 def load_interpretation(spec: dict[str, Any], worker: Worker) -> Interpretation:
     return MODELS.get(f"interpretation:{spec['key']}:{spec['masks_key']}@{worker.device}",
@@ -401,15 +409,43 @@ def stage_attack_chunk(node: Node, worker: Worker) -> dict[str, Any]:
     x, y = images(worker, p["images"])
     x, y = x[p["start"]:p["start"] + p["size"]], y[p["start"]:p["start"] + p["size"]]
     ctx = worker.ctx("attack", p["attack"], p["source"], p["start"])
+    defence = build_defence(worker, p["defence"]) if p.get("defence") else None
     out = []
     for start in range(0, len(x), ctx.batch_size):
         xb = x[start:start + ctx.batch_size].to(worker.device)
         yb = y[start:start + ctx.batch_size].to(worker.device)
         batch_ctx = ctx.child(start)
         with seeded(batch_ctx.seed, worker.device):
-            adv = check_adversarial(node.plugin, attack.run(model, xb, yb, batch_ctx), xb).detach()
+            if defence is not None:
+                adv = attack.run(model, xb, yb, batch_ctx, defence)
+            else:
+                adv = attack.run(model, xb, yb, batch_ctx)
+            adv = check_adversarial(node.plugin, adv, xb).detach()
         out.append(adv.clamp(0, 1).cpu())
     return {"x": torch.cat(out) if out else x[:0]}
+
+
+def build_defence(worker: Worker, spec: dict[str, Any]) -> Defence:
+    """What an adaptive attacker is told: the fitted detector's differentiable score and its threshold at
+    ``spec["fpr"]`` false positives on the held-out calibration images (never the evaluation images)."""
+    from advbench import metrics
+
+    env = detector_env(worker, spec["env"])
+    detector = fitted_detector(spec["plugin"], spec["options"], spec, worker, env)
+    calibration = worker.load(spec["calibration"], "calibration")["calibration"]["score"]
+    threshold = metrics.calibrated_threshold(calibration, spec["fpr"])
+    ctx = worker.ctx("detector", spec["detector"], spec["interpreter"], spec["target"], "adaptive")
+    ctx.differentiable = True
+    explain = None
+    if spec["env"].get("interp") is not None:
+        interp = load_interpretation(spec["env"]["interp"], worker)
+        explain = interp.differentiable_explain
+    adaptive_env = DetectorEnv(env.victim, env.train_x, env.train_y, env.num_classes, explain=explain,
+                               mask_classifier=env.mask_classifier)
+    return Defence(victim=env.victim, detector=spec["detector"],
+                   score=lambda x: detector.attack_score(adaptive_env, x, ctx), threshold=float(threshold),
+                   fpr=spec["fpr"], gradient=spec["gradient"], explain=explain,
+                   mask_classifier=env.mask_classifier)
 
 
 def stage_attack_merge(node: Node, worker: Worker) -> dict[str, Any]:
@@ -430,12 +466,12 @@ def stage_transfer(node: Node, worker: Worker) -> dict[str, Any]:
     return {"pred_clean": worker.predict(model, clean), "pred_adv": worker.predict(model, adversarial)}
 
 
-def fitted_detector(node: Node, worker: Worker, env: DetectorEnv):
-    """The detector of a scores node, fitted on the held-out images (once per process and fit key)."""
-    p = node.params
-
+def fitted_detector(plugin: dict[str, str], options: dict[str, Any], p: dict[str, Any], worker: Worker,
+                    env: DetectorEnv):
+    """A detector fitted on the held-out images (once per process and fit key): for its scores nodes and for
+    the adaptive attacks crafted against it."""
     def fit():
-        detector = _instance(node.plugin, node.options)
+        detector = _instance(plugin, options)
         fit_x, _ = images(worker, {**p["fit_images"]})
         if p["fit_adversarial"] is not None:
             adv = worker.load(p["fit_adversarial"], "x_adv", "pred_clean", "pred_adv")
@@ -459,7 +495,7 @@ def _success(adv: dict[str, torch.Tensor], y: torch.Tensor) -> torch.Tensor:
 def stage_scores(node: Node, worker: Worker) -> dict[str, Any]:
     p = node.params
     env = detector_env(worker, p["env"])
-    detector = fitted_detector(node, worker, env)
+    detector = fitted_detector(node.plugin, node.options, p, worker, env)
     ctx = worker.ctx("detector", p["detector"], p["interpreter"], p["target"])
     out = {}
     for part in p["parts"]:

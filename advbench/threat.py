@@ -7,6 +7,9 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
+# bumped whenever the template changes what an attack returns: part of every attack's cache key
+TEMPLATE_REVISION = "1"
+
 
 def run_attack(attack: Any, model: Any, x: Any, y: Any, ctx: Any, threat: Any, defence: Optional[Any] = None) -> Any:
     raise NotImplementedError("the attack template is not written yet")
