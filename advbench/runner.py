@@ -188,11 +188,12 @@ class Assembler:
     """Reads a point's rows from its nodes' artifacts; a row whose nodes are not all done is left out."""
 
     def __init__(self, driver: Driver, data: Any, eval_y: torch.Tensor, eval_x: torch.Tensor, fit_y: torch.Tensor,
-                 spec_filtered: bool, sweep_base: dict[str, Any]) -> None:
+                 spec_filtered: bool, sweep_base: dict[str, Any], benign: str = "natural") -> None:
         self.driver = driver
         self.data = data
         self.eval_x, self.eval_y, self.fit_y = eval_x, eval_y, fit_y
         self.filtered = spec_filtered
+        self.benign = benign
         self.sweep_base = sweep_base
         self.logged: set[tuple[int, str]] = set()
 
@@ -317,14 +318,17 @@ class Assembler:
                     populations["fools-target"] = keep & (target["pred_clean"] == self.eval_y) & \
                         (target["pred_adv"] != self.eval_y)
                 for population, chosen in populations.items():
+                    # negatives: every evaluation image of the subset (natural), or only the chosen ones' originals
+                    negatives = keep if self.benign == "natural" else chosen
                     row = {"detector": d["detector"], "interpreter": d["interpreter"], "attack": d["attack"],
                            "knowledge": d.get("knowledge", "oblivious"),
                            "source": d["source"], "target": d["target"], "subset": subset, "population": population,
+                           "benign_population": self.benign, "n_benign": int(negatives.sum()),
                            "score_definition": d["score_definition"], **sweep}
-                    row.update(_metrics(scores, chosen))
+                    row.update(_metrics(scores, negatives, chosen))
                     if calibration is not None:  # thresholds from held-out benign images, the same for every row
                         row["calibrated"] = metrics.calibrated_metrics(
-                            calibration, scores["benign"]["score"][chosen], scores["adversarial"]["score"][chosen])
+                            calibration, scores["benign"]["score"][negatives], scores["adversarial"]["score"][chosen])
                         for name, reading in row["calibrated"].items():
                             row[f"tpr_cal_{name[4:]}"] = reading["tpr"] if reading else None
                             row[f"fpr_cal_{name[4:]}"] = reading["fpr"] if reading else None
@@ -401,11 +405,16 @@ def _test_order_idx(plan: Plan, n: int) -> torch.Tensor:
     return test_order(plan.subset)[:n]
 
 
-def _metrics(scores: dict[str, Any], chosen: torch.Tensor) -> dict[str, Any]:
+BENIGN_POPULATIONS = {
+    "natural": "every evaluation image (misclassified ones included), whatever the attack did to it",
+    "paired": "the benign originals of the adversarial inputs counted"}
+
+
+def _metrics(scores: dict[str, Any], negatives: torch.Tensor, positives: torch.Tensor) -> dict[str, Any]:
     benign, adv = scores["benign"], scores["adversarial"]
-    bf = benign["flag"][chosen] if benign["flag"] is not None else None
-    af = adv["flag"][chosen] if adv["flag"] is not None else None
-    return metrics.detection_metrics(benign["score"][chosen], adv["score"][chosen], bf, af)
+    bf = benign["flag"][negatives] if benign["flag"] is not None else None
+    af = adv["flag"][positives] if adv["flag"] is not None else None
+    return metrics.detection_metrics(benign["score"][negatives], adv["score"][positives], bf, af)
 
 
 # ---------------------------------------------------------------------- the whole run
@@ -499,14 +508,15 @@ def run_suite(suite: Suite, run_dir: Path, device: Any, cache: Cache, limit: Opt
                               "n_test": len(data.test_x)}
         results["evaluation"] = {"n_eval": len(eval_idx), "n_fit": len(fit_idx),
                                  "n_calibration": plan.subset["n_calibration"],
-                                 "benign_pairing": "the benign originals of the adversarial inputs counted"}
+                                 "benign": suite.spec.evaluation.benign,
+                                 "benign_pairing": BENIGN_POPULATIONS[suite.spec.evaluation.benign]}
         driver = Driver(plan, cache, executor, on_event)
         driver.failed.extend(plan.failed)
         for failure in plan.failed:
             log.info("%s failed before running: %s", failure["label"], failure["error"])
         driver.records.append(data_record)
         assembler = Assembler(driver, data, data.test_y[eval_idx], data.test_x[eval_idx], data.test_y[fit_idx],
-                              suite.spec.evaluation.filtered, results["sweep_base"])
+                              suite.spec.evaluation.filtered, results["sweep_base"], suite.spec.evaluation.benign)
         driver.check_cached()
         cache.root.mkdir(parents=True, exist_ok=True)  # a remote worker checks it can see this folder
         executor.open(on_event)

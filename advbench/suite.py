@@ -59,6 +59,10 @@ class EvaluationSpec(_Strict):
     n_calibration: int = Field(200, ge=0, description="further benign test images, disjoint from both, on which "
                                                       "every detector's thresholds at 1, 5 and 10% FPR are chosen")
     filtered: bool = Field(True, description="also report rows on inputs whose benign mask f2 reads correctly")
+    benign: Literal["natural", "paired"] = Field(
+        "natural", description="the negatives of every detection row: natural = every evaluation image, "
+                               "misclassified ones included (what a deployed detector sees); paired = only the "
+                               "benign originals of the adversarial inputs the row counts")
     mask_train_limit: Optional[int] = Field(None, ge=1, description="default mask_train_limit of every interpreter")
     n_mask_eval: Optional[int] = Field(None, ge=1, description="test images whose benign masks measure f2's "
                                        "accuracy (default: the evaluation images); --limit does not cap it")

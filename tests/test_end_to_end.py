@@ -54,8 +54,9 @@ def test_digits_run_writes_the_results_contract(digits_run):
     assert attack["n"] == 300 and 0 < attack["success_rate"] <= 1
     assert attack["mean_linf"] == pytest.approx(0.2, abs=1e-4)  # FGSM moves every changed pixel by eps
     row = next(r for r in results["detection"] if r["subset"] == "all" and r["population"] == "successful")
-    # positives are the successful adversarial inputs, paired with as many benign inputs
-    assert row["n_adversarial"] == row["n_benign"] == attack["n_success"]
+    # positives are the successful adversarial inputs; negatives every natural evaluation image (the default)
+    assert row["n_adversarial"] == attack["n_success"] and row["n_benign"] == attack["n"] == 300
+    assert row["benign_population"] == "natural" and results["evaluation"]["benign"] == "natural"
     assert 0 <= row["tpr"] <= 1 and 0 <= row["tnr"] <= 1 and 0 <= row["auroc"] <= 1
     for name in ("results.json", "detection.csv", "attacks.csv", "victims.csv", "interpreters.csv", "run.log",
                  "index.html", "gallery.pt"):

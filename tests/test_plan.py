@@ -273,3 +273,26 @@ def test_an_unknown_executor_is_blamed_on_the_option(tmp_path, command):
     proc = advbench_cli(command, "suites/digits.yaml", "--executor", "nosuch", cache=tmp_path / "cache", check=False)
     assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
         "advbench: error: --executor nosuch: unknown executor; installed: local, processes, ray"]
+
+
+def test_benign_population_is_natural_by_default_and_paired_on_request(tmp_path):
+    """Natural: every evaluation image is a negative (what a deployed detector meets), misclassified ones included;
+    paired: only the originals of the adversarial inputs a row counts. Same scores, other negatives."""
+    runs = {}
+    for benign in ("natural", "paired"):
+        raw = yaml.safe_load(open(small_digits(tmp_path)))
+        raw["evaluation"]["benign"] = benign
+        path = tmp_path / f"{benign}.yaml"
+        path.write_text(yaml.safe_dump(raw))
+        advbench_cli("run", str(path), "--out", str(tmp_path / benign), "--threads", "1", "--no-report",
+                     cache=tmp_path / "cache")
+        runs[benign] = {(r["detector"], r["interpreter"], r["attack"], r["subset"], r["population"]): r
+                        for r in load_results(tmp_path / benign)["detection"]}
+    attacks = {a["attack"]: a for a in load_results(tmp_path / "natural")["attacks"]}
+    for key, natural in runs["natural"].items():
+        paired = runs["paired"][key]
+        assert natural["n_adversarial"] == paired["n_adversarial"]
+        if key[3] == "all":
+            assert natural["n_benign"] == attacks[key[2]]["n"]
+        assert paired["n_benign"] == paired["n_adversarial"]
+        assert natural["benign_population"] == "natural" and paired["benign_population"] == "paired"
