@@ -117,3 +117,41 @@ def test_digits_run_validates_and_carries_schema_version(digits_run):
     assert results.complete and results.detection and results.stages and results.plugins
     jsonschema = pytest.importorskip("jsonschema")
     jsonschema.validate(raw, json.loads(SCHEMA_FILE.read_text()))
+
+
+def _security_rows() -> list[dict]:
+    from test_security import measured
+    from advbench.security import unavailable_row
+
+    return [measured(misclassified=40, eps=2 / 255), measured(misclassified=20, eps=8 / 255, knowledge="adaptive"),
+            unavailable_row(detector="lid", interpreter=None, target="cnn", source="resnet", attack="opgd@8/255",
+                            attack_plugin="opgd", knowledge="adaptive", threat_model={"norm": "linf", "eps": 8 / 255},
+                            steps=10, gradient="bpda", fit_attack=None, status="not-applicable",
+                            reason="transfer pair: adaptive attacks run white-box on the target only")]
+
+
+def test_security_rows_and_sanity_checks_are_typed():
+    from advbench.security import sanity_checks
+
+    raw = _paper()
+    raw["security"] = _security_rows()
+    raw["sanity_checks"] = sanity_checks(raw["security"])
+    written = validate_results(json.loads(json.dumps(raw)))
+    assert written["security"] == json.loads(json.dumps(raw["security"]))
+    results = Results.model_validate(written)
+    assert results.security[2].status == "not-applicable" and results.security[2].success_under_detection is None
+    assert results.security[0].threat_model.eps == 2 / 255
+    assert {c.check for c in results.sanity_checks} == {"eps-growth", "more-steps", "transfer-vs-whitebox"}
+    jsonschema = pytest.importorskip("jsonschema")
+    jsonschema.validate(written, json.loads(SCHEMA_FILE.read_text()))
+    raw["sanity_checks"][0]["outcome"] = "maybe"
+    raw["security"][0]["n_correct"] = "most"
+    with pytest.raises(Exception) as info:
+        validate_results(raw)
+    assert "sanity_checks.0.outcome" in str(info.value) and "security.0.n_correct" in str(info.value)
+
+
+def test_results_without_security_rows_still_load():
+    results = Results.model_validate(_paper())
+    assert results.security == [] and results.sanity_checks == []
+    assert "security" not in validate_results(_paper())  # not filled in: the file keeps what it had
