@@ -41,12 +41,14 @@ def _identifying(detector: str, interpreter: Optional[str], target: str, source:
             "steps": None if steps is None else int(steps), "gradient": gradient, "fit_attack": fit_attack}
 
 
+_LOW_PRECISION = {"float32": np.float32, "float16": np.float16}
+
+
 def _in_precision(threshold: float, scores: Any) -> float:
     """``threshold`` rounded to the scores' float precision: ``Defence.flagged`` compares a float32 tensor with
     the threshold in float32, so a score that equals the threshold there must equal it here too."""
-    low_precision = {"float32": np.float32, "float16": np.float16}.get(str(getattr(scores, "dtype", "")).removeprefix(
-        "torch."))
-    return float(low_precision(threshold)) if low_precision else float(threshold)
+    dtype = str(getattr(scores, "dtype", "")).removeprefix("torch.")
+    return float(_LOW_PRECISION[dtype](threshold)) if dtype in _LOW_PRECISION else float(threshold)
 
 
 def _rate(hits: int, n: int) -> Optional[float]:
@@ -123,9 +125,9 @@ def eps_label(eps: Optional[float], norm: Optional[str] = None) -> str:
     """"8/255" for an L-inf budget on the 8-bit grid, "0.5" otherwise, "unbounded" for None."""
     if eps is None:
         return "unbounded"
-    steps = eps * 255
-    if norm == "linf" and eps > 0 and abs(steps - round(steps)) < 1e-6:
-        return f"{round(steps)}/255"
+    levels = eps * 255
+    if norm == "linf" and eps > 0 and abs(levels - round(levels)) < 1e-6:
+        return f"{round(levels)}/255"
     return f"{eps:g}"
 
 
@@ -140,7 +142,8 @@ def _identity(row: dict[str, Any]) -> dict[str, Any]:
 
 def _key(row: dict[str, Any], ignore: Iterable[str]) -> str:
     """What a row's identity is without the ``ignore``d fields (and the attack's name), and its sweep point."""
-    scope = {k: v for k, v in _identity(row).items() if k not in set(ignore)}
+    ignore = set(ignore)
+    scope = {k: v for k, v in _identity(row).items() if k not in ignore}
     return json.dumps([scope, row.get("sweep") or {}], sort_keys=True, default=str)
 
 
