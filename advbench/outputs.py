@@ -15,6 +15,7 @@ import torch
 from pydantic import ValidationError
 
 from advbench.results import SCHEMA_VERSION, validate_results
+from advbench.security import IDENTITY
 
 log = logging.getLogger("advbench.outputs")
 
@@ -34,6 +35,15 @@ CSV_TABLES = {
                                     "mask_invariance", "recovery_rate"]),
     "worst_case.csv": ("worst_case", ["detector", "interpreter", "source", "target", "subset", "n_pairs", "auroc",
                                       "auroc_ci_low", "auroc_ci_high", "tpr", "tnr"]),
+    "security.csv": ("security", ["detector", "interpreter", "target", "source", "attack", "attack_plugin", "knowledge",
+                                  "norm", "eps", "quantize", "targeted", "steps", "gradient", "fit_attack", "threshold",
+                                  "fpr", "status", "reason", "n", "n_correct", "n_misclassified", "n_evaded",
+                                  "success_rate", "success_rate_ci_low", "success_rate_ci_high",
+                                  "success_under_detection", "success_under_detection_ci_low",
+                                  "success_under_detection_ci_high", "robust_accuracy_detection_aware",
+                                  "robust_accuracy_detection_aware_ci_low", "robust_accuracy_detection_aware_ci_high",
+                                  "detected_share", "detected_share_ci_low", "detected_share_ci_high"]),
+    "sanity_checks.csv": ("sanity_checks", ["check", "outcome", *IDENTITY, "detail"]),
 }
 
 
@@ -56,9 +66,11 @@ def write_outputs(run_dir: Path, results: dict[str, Any], gallery: list) -> None
         for row in rows:
             flat = dict(row)
             flat.update(row.get("sweep") or {})
-            for name in ("tpr_ci", "tnr_ci", "auroc_ci"):  # an interval is two columns a spreadsheet can read
-                low, high = row.get(name) or (None, None)
-                flat[f"{name}_low"], flat[f"{name}_high"] = low, high
+            for nested in ("threat_model", "scope"):  # a record's fields become columns, the row's own kept first
+                flat.update({k: v for k, v in (row.get(nested) or {}).items() if k not in flat})
+            for name, value in row.items():  # an interval is two columns a spreadsheet can read
+                if name.endswith("_ci"):
+                    flat[f"{name}_low"], flat[f"{name}_high"] = value or (None, None)
             writer.writerow({k: ("" if flat.get(k) is None else flat.get(k)) for k in columns + sweep_fields})
         _atomic_text(run_dir / filename, buffer.getvalue())
     if gallery:

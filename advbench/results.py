@@ -28,11 +28,11 @@ from typing import Any, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-SCHEMA_VERSION = "1.0"
+SCHEMA_VERSION = "1.1"
 PRE_SCHEMA_VERSION = "0"  # what a results.json written before schema_version existed loads as
 
 __all__ = ["SCHEMA_VERSION", "Results", "VictimRow", "InterpreterRow", "AttackRow", "DetectionRow", "WorstCaseRow",
-           "StageRecord", "PluginRow", "validate_results", "json_schema"]
+           "SecurityRow", "SanityCheck", "StageRecord", "PluginRow", "validate_results", "json_schema"]
 
 
 class Row(BaseModel):
@@ -207,6 +207,68 @@ class WorstCaseRow(Metrics):
     sweep: Optional[Sweep] = None
 
 
+class ThreatModel(Row):
+    """What the attacker was allowed (advbench.api.ThreatModel, without the data's intensity levels)."""
+
+    norm: Optional[str] = None
+    eps: Optional[float] = Field(None, description="the budget in the norm; null for an unbounded attack")
+    quantize: Optional[bool] = None
+    targeted: Optional[bool] = None
+
+
+class SecurityRow(Row):
+    """One (detector, attack, knowledge, eps) on one target victim: attack success with and without the detector.
+
+    Rates are over the n_correct inputs the target victim classified correctly; an input is flagged when its
+    score is strictly above ``threshold``. Intervals are Wilson 95%. Metrics are null where status is not "ok".
+    """
+
+    detector: str
+    interpreter: Optional[str] = Field(description="null for a detector that needs no interpreter")
+    target: str
+    source: str = Field(description="the victim the attack was crafted on; = target for a white-box attack")
+    attack: str
+    attack_plugin: str
+    knowledge: str = Field(description='"oblivious": crafted on the victim alone; "adaptive": against the detector '
+                                       "too")
+    norm: Optional[str]
+    eps: Optional[float] = Field(description="null for an unbounded attack")
+    threat_model: ThreatModel
+    steps: Optional[int] = Field(description="the attack's iterations; null where it has none")
+    gradient: Optional[str] = Field(description='how the attack differentiates the defence: "exact", "bpda", "eot"')
+    fit_attack: Optional[str] = Field(description="the attack the detector was fitted on; null if none")
+    threshold: Optional[float] = Field(description="chosen at fpr on held-out benign images; null when not "
+                                                   "computed or infinite")
+    fpr: Optional[float]
+    status: str = Field(description='"ok", or why the cell has no numbers: "unsupported" (the defence lacks what '
+                                    'the attack needs), "not-applicable" (no such cell by design), "failed"')
+    reason: Optional[str] = Field(None, description="one sentence, where status is not ok")
+    n: Optional[int]
+    n_correct: Optional[int] = Field(description="inputs the target classifies correctly before the attack")
+    n_misclassified: Optional[int] = Field(description="of those, misclassified after it")
+    n_evaded: Optional[int] = Field(description="of those, not flagged by the detector")
+    success_rate: Optional[float] = Field(description="n_misclassified / n_correct: success ignoring the detector")
+    success_rate_ci: Optional[list[float]] = None
+    success_under_detection: Optional[float] = Field(description="n_evaded / n_correct")
+    success_under_detection_ci: Optional[list[float]] = None
+    robust_accuracy_detection_aware: Optional[float] = Field(description="1 - success_under_detection: correct and "
+                                                                         "either still correct or flagged")
+    robust_accuracy_detection_aware_ci: Optional[list[float]] = None
+    detected_share: Optional[float] = Field(description="flagged among the misclassified adversarial inputs")
+    detected_share_ci: Optional[list[float]] = None
+    sweep: Optional[Sweep] = None
+
+
+class SanityCheck(Row):
+    """One sanity check of the security rows (advbench.security.sanity_checks)."""
+
+    check: str = Field(description='"eps-growth", "more-steps" or "transfer-vs-whitebox"')
+    outcome: Literal["pass", "fail", "not-applicable"]
+    scope: dict[str, Any] = Field(description="the identifying fields the compared rows share")
+    detail: str = Field(description="one sentence with the numbers")
+    sweep: Optional[Sweep] = None
+
+
 class FailedCell(Row):
     """A node whose plugin broke its output contract or raised: the grid went on without it and its dependents."""
 
@@ -260,6 +322,9 @@ class Results(Row):
     attacks: list[AttackRow] = Field(default_factory=list)
     detection: list[DetectionRow] = Field(default_factory=list)
     worst_case: list[WorstCaseRow] = Field(default_factory=list)
+    security: list[SecurityRow] = Field(default_factory=list, description="attack success under detection")
+    sanity_checks: list[SanityCheck] = Field(default_factory=list, description="checks that catch a broken "
+                                                                               "evaluation; failures are in warnings")
     warnings: list[str] = Field(default_factory=list)
     stages: list[StageRecord] = Field(default_factory=list)
     points: Optional[list[Point]] = Field(None, description="each sweep point's victims; only in a sweep")

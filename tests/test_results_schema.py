@@ -117,3 +117,76 @@ def test_digits_run_validates_and_carries_schema_version(digits_run):
     assert results.complete and results.detection and results.stages and results.plugins
     jsonschema = pytest.importorskip("jsonschema")
     jsonschema.validate(raw, json.loads(SCHEMA_FILE.read_text()))
+
+
+def _security_rows() -> list[dict]:
+    from test_security import measured
+    from advbench.security import unavailable_row
+
+    return [measured(misclassified=40, eps=2 / 255), measured(misclassified=70, eps=8 / 255),
+            measured(misclassified=20, eps=8 / 255, knowledge="adaptive", attack_plugin="opgd"),
+            unavailable_row(detector="lid", interpreter=None, target="cnn", source="resnet", attack="opgd@8/255",
+                            attack_plugin="opgd", knowledge="adaptive", threat_model={"norm": "linf", "eps": 8 / 255},
+                            steps=10, gradient="bpda", fit_attack=None, status="not-applicable",
+                            reason="transfer pair: adaptive attacks run white-box on the target only")]
+
+
+def test_security_rows_and_sanity_checks_are_typed():
+    from advbench.security import sanity_checks
+
+    raw = _paper()
+    raw["security"] = _security_rows()
+    raw["sanity_checks"] = sanity_checks(raw["security"])
+    written = validate_results(json.loads(json.dumps(raw)))
+    assert written["security"] == json.loads(json.dumps(raw["security"]))
+    results = Results.model_validate(written)
+    assert results.security[3].status == "not-applicable" and results.security[3].success_under_detection is None
+    assert results.security[0].threat_model.eps == 2 / 255
+    assert {c.check for c in results.sanity_checks} == {"eps-growth", "more-steps", "transfer-vs-whitebox"}
+    jsonschema = pytest.importorskip("jsonschema")
+    jsonschema.validate(written, json.loads(SCHEMA_FILE.read_text()))
+    raw["sanity_checks"][0]["outcome"] = "maybe"
+    raw["security"][0]["n_correct"] = "most"
+    with pytest.raises(Exception) as info:
+        validate_results(raw)
+    assert "sanity_checks.0.outcome" in str(info.value) and "security.0.n_correct" in str(info.value)
+
+
+def test_results_without_security_rows_still_load():
+    results = Results.model_validate(_paper())
+    assert results.security == [] and results.sanity_checks == []
+    assert "security" not in validate_results(_paper())  # not filled in: the file keeps what it had
+
+
+def test_security_and_sanity_csvs_are_flat_tables(tmp_path):
+    import csv
+
+    from advbench.security import sanity_checks
+
+    raw = _paper()
+    raw["security"] = _security_rows()
+    raw["sanity_checks"] = sanity_checks(raw["security"])
+    raw["detection"][0]["auroc_ci"] = [0.61, 0.72]
+    write_outputs(tmp_path, raw, [])
+    with (tmp_path / "security.csv").open(newline="") as handle:
+        security = list(csv.DictReader(handle))
+    assert len(security) == 4
+    first, unavailable = security[0], security[3]
+    row = raw["security"][0]
+    assert float(first["success_under_detection_ci_low"]) == row["success_under_detection_ci"][0]
+    assert float(first["success_rate_ci_high"]) == row["success_rate_ci"][1]
+    assert (first["knowledge"], first["norm"], first["quantize"], first["targeted"]) == ("oblivious", "linf",
+                                                                                         "True", "False")
+    assert int(first["n_evaded"]) == row["n_evaded"] and first["fit_attack"] == ""
+    assert unavailable["status"] == "not-applicable" and unavailable["success_under_detection"] == ""
+    assert unavailable["reason"].startswith("transfer pair")
+    with (tmp_path / "sanity_checks.csv").open(newline="") as handle:
+        checks = list(csv.DictReader(handle))
+    assert [c["check"] for c in checks] == [c["check"] for c in raw["sanity_checks"]]
+    eps_growth = next(c for c in checks if c["check"] == "eps-growth")
+    assert (eps_growth["outcome"], eps_growth["attack_plugin"], eps_growth["target"]) == ("pass", "pgd", "cnn")
+    assert eps_growth["detector"] == "" and eps_growth["detail"]  # an oblivious attack's success: any detector
+    # the older tables keep their interval columns
+    with (tmp_path / "detection.csv").open(newline="") as handle:
+        detection = next(csv.DictReader(handle))
+    assert (detection["auroc_ci_low"], detection["auroc_ci_high"], detection["tpr_ci_low"]) == ("0.61", "0.72", "")

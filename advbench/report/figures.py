@@ -237,9 +237,10 @@ def sweep_lines_figure(panels: Sequence[dict[str, Any]], x: Sequence[float], tic
     """Metrics against a swept value as SVG, one panel per entry side by side.
 
     Each panel: ``{"title", "ylabel", "chance": float|None (a grey reference line), "series": [{"label",
-    "values": [one per x, number or None], "color": int, "dash": int (0 solid), "marker": int}]}``. ``x``: the
-    positions (the swept values, or 0..n-1 for categories) and ``ticklabels`` their labels. A missing value
-    breaks its line. The y axis spans [0, 1].
+    "values": [one per x, number or None], "color": int, "dash": int (0 solid), "marker": int, "intervals":
+    optional [one per x, [low, high] or None], drawn as error bars}]}``. ``x``: the positions (the swept values,
+    or 0..n-1 for categories) and ``ticklabels`` their labels. A missing value breaks its line. The y axis spans
+    [0, 1].
     """
     matplotlib = _matplotlib()
     n = max(1, len(panels))
@@ -262,6 +263,14 @@ def sweep_lines_figure(panels: Sequence[dict[str, Any]], x: Sequence[float], tic
                 ax.plot(list(x), values[:len(x)], color=color, linestyle=style, linewidth=1.5,
                         marker=MARKERS[int(series.get("marker", 0)) % len(MARKERS)], markersize=4.5,
                         label=mpl_text(_shorten(str(series.get("label", "")), 40)), zorder=3)
+                bars = [(at, value, interval) for at, value, interval in zip(x, values, series.get("intervals") or [])
+                        if not np.isnan(value) and isinstance(interval, (list, tuple)) and len(interval) == 2
+                        and all(_is_number(v) for v in interval)]
+                if bars:
+                    below = [max(0.0, value - low) for _, value, (low, _) in bars]
+                    above = [max(0.0, high - value) for _, value, (_, high) in bars]
+                    ax.errorbar([b[0] for b in bars], [b[1] for b in bars], yerr=[below, above], fmt="none",
+                                ecolor=color, elinewidth=0.9, capsize=2.5, alpha=0.8, zorder=2)
             ax.set_ylim(-0.02, 1.02)
             ax.set_ylabel(mpl_text(panel.get("ylabel", "")))
             ax.set_title(mpl_text(panel.get("title", "")), loc="left")

@@ -26,6 +26,7 @@ from advbench.report.tables import (attacks_table, detection_table, with_kept_sh
                                     leaderboard_tables, plugins_table, score_definitions, stage_tables,
                                     transfer_tables, victims_table, worst_case_table)
 from advbench.report.view import View, dicts, mapping, ordered, population
+from advbench.security import sanity_warnings
 
 # the built-in sections in page order, with their navigation titles; plugin sections are placed among them
 CORE_SECTIONS = [("overview", "Overview"),
@@ -70,6 +71,8 @@ def build_context(results: dict[str, Any], raw: str, run_dir: Path, env: jinja2.
     transfer_table, heat = transfer_tables(view)
     gallery, gallery_note = gallery_blocks(run_dir, results)
     warnings = [str(w) for w in results.get("warnings") or []] if isinstance(results.get("warnings"), list) else []
+    # a failed sanity check is a warning even in a results.json whose writer did not copy it into "warnings"
+    warnings += [w for w in sanity_warnings(dicts(results.get("sanity_checks"))) if w not in warnings]
     missing = results.get("missing") if isinstance(results.get("missing"), list) else []
     complete = results.get("complete")
     distributions = ordered((str(p.get("distribution")), str(p.get("version")))

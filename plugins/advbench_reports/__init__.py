@@ -2,6 +2,8 @@
 
 - ``paper_tables``: the paper's Tables 1-4 beside this run, where the suite has a ``paper_reference``;
 - ``sweep``: the trade-off across a sweep's settings, where the run has a sweep;
+- ``security``: attack success under detection, oblivious beside adaptive, and the sanity checks, where the run has
+  security rows;
 - ``controls``: which detectors are controls (label-only) and how the sections above treat them.
 
 Disable with ``ADVBENCH_DISABLE_PLUGINS=reports``: the page keeps its generic tables.
@@ -13,7 +15,8 @@ import advbench
 @advbench.hookimpl
 def report_sections(results):
     # imported here, not at load time: loading plugins (advbench list-plugins, run) needs no report code
-    from advbench_reports import paper_tables, sweep
+    from advbench_reports import paper_tables, security, sweep
 
-    sections = [s for s in (paper_tables.section(results), sweep.section(results)) if s is not None]
+    sections = [s for s in (paper_tables.section(results), sweep.section(results), security.section(results))
+                if s is not None]
     return sections or None
