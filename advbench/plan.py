@@ -411,8 +411,9 @@ class _Builder:
                 "knowledge": "adaptive", "source": source, "target": target, "threat_model": threat,
                 "steps": _steps(aoptions), "gradient": dreg.cls.adaptive_gradient or None, "fit_attack": None}
         ireg = suite.component("interpreters", iname)[0] if iname else None
-        reason = None
+        reason, status = None, "unsupported"
         if source != target:
+            status = "not-applicable"
             reason = "transfer pair: adaptive attacks run white-box against the target's own detector only"
         elif not dreg.cls.adaptive_gradient:
             reason = f"detector {dname} has no differentiable score (it declares no adaptive_gradient)"
@@ -432,7 +433,7 @@ class _Builder:
             else:
                 cell["fit_attack"] = fit_adv["attack"]
         if reason is not None:
-            point.unavailable.append({**cell, "status": "not-run", "reason": reason})
+            point.unavailable.append({**cell, "status": status, "reason": reason})
             return
         env_key = defence["env_key"]
         fit_on = [env_key, self.subset_key] + ([fit_adv["key"]] if fit_adv else [])

@@ -123,9 +123,11 @@ def test_adaptive_attack_gets_the_held_out_threshold_and_is_reported_beside_obli
     assert oblivious["threshold"] == pytest.approx(expected) and adaptive["threshold"] == pytest.approx(expected)
     # an attacker who also lowers the score hides more misclassified inputs under the threshold than FGSM
     assert adaptive["success_under_detection"] > oblivious["success_under_detection"]
+    assert adaptive["detected_share"] < oblivious["detected_share"]
+    assert {c["check"] for c in results["sanity_checks"]} == {"eps-growth", "more-steps", "transfer-vs-whitebox"}
     # cells that cannot run are rows that say why, not gaps
     opaque = rows[("zz-opaque", "darken", "adaptive")]
-    assert opaque["status"] == "not-run" and "no differentiable score" in opaque["reason"]
+    assert opaque["status"] == "unsupported" and "no differentiable score" in opaque["reason"]
     assert ("zz-opaque", "fgsm", "oblivious") in rows
     # the adaptive set is an attack row of its own, naming the detector it was crafted against
     crafted = [a for a in results["attacks"] if a.get("knowledge") == "adaptive"]
