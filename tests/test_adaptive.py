@@ -289,3 +289,11 @@ def test_best_iterate_prefers_evading_then_misclassified_then_latest():
     for value, (misclassified, score) in enumerate(steps, start=1):
         best.update(torch.full_like(x, float(value)), misclassified, score, threshold)
     assert best.x[:, 0, 0, 0].tolist() == [1.0, 2.0, 3.0]
+
+
+@pytest.mark.parametrize("name,paper", [("opgd", "Bryniarski"), ("joint-pgd", "Zhang")])
+def test_adaptive_attack_docstrings_cite_the_paper_and_every_option(name, paper):
+    cls = lookup("attack", name).cls
+    assert paper in cls.__doc__ and "[0, 1]" in cls.__doc__ and cls.norm == "linf"
+    for field in cls.Options.model_fields:
+        assert field in cls.__doc__, f"{name}: option {field} is not documented"
