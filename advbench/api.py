@@ -186,13 +186,19 @@ class Interpreter(Component):
 
     ``build`` returns the trainable state (e.g. a LAN's mask generator) or None for methods with no
     training; ``fit`` trains that state against the frozen victim; ``explain`` maps a batch on the device
-    to masks of shape N x C' x H x W with C' either 1 or the input's channel count.
+    to masks of shape N x C' x H x W with C' either 1 or the input's channel count. With
+    ``ctx.differentiable`` set, ``explain`` keeps the autograd graph from x to the masks (same values as
+    without it); an interpreter that cannot do that sets ``differentiable = False``.
     """
 
     kind = "interpreter"
     # options that change only ``explain``, never ``fit``: the fitted state's cache key leaves them out, so
     # sweeping one (a LAN's output map, say) reuses the trained state and recomputes only the masks onward
     explain_options: ClassVar[tuple[str, ...]] = ()
+    # whether ``explain`` is a differentiable function of x when ``ctx.differentiable`` is set (gradient methods by
+    # double backprop, a LAN as a forward pass); False for methods that cannot be differentiated (an optimisation
+    # per image): adaptive attacks through such an interpreter are not run, and their rows say so
+    differentiable: ClassVar[bool] = True
 
     def build(self, input_shape: Sequence[int], num_classes: int) -> Optional[nn.Module]:
         return None

@@ -298,9 +298,13 @@ class Interpretation:
         self.ctx = RunContext(self.ctx.device, self.ctx.batch_size, self.ctx.seed, worker.track)
         return self
 
-    def explain(self, x: torch.Tensor) -> torch.Tensor:
-        with seeded(self.ctx.derive_seed("explain"), self.device):
-            masks = self.interpreter.explain(self.state, self.victim, x, self.ctx)
+    def explain(self, x: torch.Tensor, differentiable: bool = False) -> torch.Tensor:
+        """Masks for a batch; ``differentiable``: for an adaptive attack, the masks keep their graph back to x."""
+        ctx = self.ctx
+        if differentiable:
+            ctx = RunContext(ctx.device, ctx.batch_size, ctx.seed, ctx.progress, ctx.checkpoint, differentiable=True)
+        with seeded(ctx.derive_seed("explain"), self.device):
+            masks = self.interpreter.explain(self.state, self.victim, x, ctx)
         return check_masks(self.spec["plugin"], masks, x).clamp(0, 1)
 
     def differentiable_explain(self, x: torch.Tensor) -> torch.Tensor:
@@ -325,15 +329,16 @@ class _Explain(nn.Module):
         return self.fn(x)
 
 
-def detector_env(worker: Worker, env: dict[str, Any]) -> DetectorEnv:
+def detector_env(worker: Worker, env: dict[str, Any], differentiable: bool = False) -> DetectorEnv:
+    """The detector's view of the victim; ``differentiable``: ``explain`` keeps the graph (adaptive attacks)."""
     data = load_dataset(env["data"])
     victim = load_classifier(env["victim"], worker)
     if env.get("interp") is None:
         return DetectorEnv(victim, data.train_x, data.train_y, data.num_classes)
     interp = load_interpretation(env["interp"], worker)
     f2 = load_classifier(env["f2"], worker)
-    return DetectorEnv(victim, data.train_x, data.train_y, data.num_classes, explain=interp.explain,
-                       mask_classifier=f2)
+    explain = (lambda x: interp.explain(x, differentiable=True)) if differentiable else interp.explain
+    return DetectorEnv(victim, data.train_x, data.train_y, data.num_classes, explain=explain, mask_classifier=f2)
 
 
 # ---------------------------------------------------------------------- the stage functions

@@ -26,6 +26,8 @@ SMALL = {
     ("interpreter", "lan"): {"epochs": 1, "width": 64},
     ("interpreter", "lan-per-sample"): {"steps": 4},
     ("attack", "cw"): {"binary_search_steps": 1, "steps": 5},
+    ("attack", "opgd"): {"steps": 10},
+    ("attack", "joint-pgd"): {"steps": 10, "search_steps": 2},
     ("victim", "alexnet"): {"epochs": 1},
     ("victim", "vgg-like"): {"epochs": 1},
     ("victim", "small-cnn"): {"epochs": 2},

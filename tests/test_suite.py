@@ -95,7 +95,7 @@ def rename_top(old: str, new: str) -> Callable[[dict], None]:
     return change
 
 
-ATTACKS = ", ".join(sorted({"bim", "cw", "deepfool", "fgsm", "jsma", "pgd"}))
+ATTACKS = ", ".join(sorted({"bim", "cw", "deepfool", "fgsm", "jsma", "joint-pgd", "opgd", "pgd"}))
 
 # (id, change to the digits suite, field path the message names, further text it must contain)
 BAD = [

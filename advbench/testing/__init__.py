@@ -18,14 +18,15 @@ four classes, a small CNN victim trained on them (normalization inside, a dropou
 mask classifier on its gradient saliency, and iterative-FGSM images that fool it. Methods are called as the
 harness calls them (build and fit under a forked, seeded global RNG; models frozen on ``ctx.device``). Per kind:
 
-- every kind: ``registration`` (name, aliases, one-line description, revision string; attack norm, detector
-  flags, interpreter explain_options), ``options`` (Options subclass advbench.api.Options, every field has a
+- every kind: ``registration`` (name, aliases, one-line description, revision string; attack norm and
+  knowledge, detector flags and adaptive_gradient, interpreter explain_options and differentiable), ``options`` (Options subclass advbench.api.Options, every field has a
   default, unknown keys rejected, frozen);
 - interpreter: ``masks`` (N x C' x H x W with C' in {1, C}, float, finite, in [0, 1], on ctx.device),
   ``deterministic``, ``batch-independent``, ``no-grad`` (same masks inside torch.no_grad, victim untouched),
   ``global-rng`` (explain leaves the global RNGs alone; nothing reseeds them), ``silent`` (nothing printed);
 - attack: ``output`` (same shape as the input, float, finite, in [0, 1], on ctx.device, model untouched),
-  ``deterministic``, ``global-rng`` (no reseeding), ``silent``;
+  ``deterministic``, ``global-rng`` (no reseeding), ``silent``; an adaptive attack's ``run`` also gets a
+  ``Defence`` whose score is the victim's lack of confidence (1 - max softmax);
 - detector: ``output`` (DetectorOutput: score 1-D float finite, one per input; flag None or bool), ``deterministic``,
   ``global-rng``, ``silent``;
 - victim: ``build`` (an nn.Module mapping [0, 1] N x C x H x W to N x classes finite logits), ``fit`` (trains:

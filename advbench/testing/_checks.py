@@ -27,6 +27,8 @@ from advbench.testing._world import World, freeze, world
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 NORMS = ("linf", "l2", "l0")
+KNOWLEDGE = ("oblivious", "adaptive")
+GRADIENTS = ("exact", "bpda", "eot", "bpda+eot", "")
 BATCH = 8  # images per explained / attacked / scored batch: small, and not the whole test set
 
 
@@ -184,10 +186,14 @@ def check_registration(subject: Subject) -> None:
         f"revision {cls.revision!r} must be a non-empty string (part of every cache key; bump it when results change)")
     if kind == "attack":
         assert cls.norm in NORMS, f"attack norm {cls.norm!r} is not one of {', '.join(NORMS)}"
+        assert cls.knowledge in KNOWLEDGE, f"attack knowledge {cls.knowledge!r} is not one of {', '.join(KNOWLEDGE)}"
     if kind == "detector":
         assert isinstance(cls.needs_interpreter, bool) and isinstance(cls.needs_adversarial_fit, bool), (
             "needs_interpreter and needs_adversarial_fit must be bools")
+        assert cls.adaptive_gradient in GRADIENTS, (
+            f"adaptive_gradient {cls.adaptive_gradient!r} is not one of {', '.join(map(repr, GRADIENTS))}")
     if kind == "interpreter":
+        assert isinstance(cls.differentiable, bool), "differentiable must be a bool"
         fields = set(cls.Options.model_fields)
         unknown = [o for o in cls.explain_options if o not in fields]
         assert not unknown, f"explain_options names {unknown}, which are not fields of its Options"
@@ -325,10 +331,31 @@ def check_interpreter_silent(subject: Subject) -> None:
 # ---------------------------------------------------------------------------------------------- attacks
 
 
+def _kit_defence(victim: nn.Module, w: World) -> api.Defence:
+    """What an adaptive attack is given in the kit: the victim's lack of confidence (1 - max softmax) as the
+    detector score, thresholded at 5% false positives on the world's training images."""
+    def score(x: torch.Tensor) -> torch.Tensor:
+        return 1.0 - torch.softmax(victim(x).float(), dim=1).amax(dim=1)
+
+    device = next(victim.parameters()).device
+    with torch.no_grad():
+        benign = score(w.train_x.to(device))
+    threshold = float(torch.quantile(benign.double(), 0.95, interpolation="higher"))
+    return api.Defence(victim, "kit-confidence", score, threshold)
+
+
+def _run_attack(subject: Subject, attack: Any, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                ctx: api.RunContext) -> torch.Tensor:
+    """``run`` as the harness calls it: an adaptive attack also gets a defence."""
+    if getattr(subject.cls, "knowledge", "oblivious") == "adaptive":
+        return attack.run(model, x, y, ctx, _kit_defence(model, world()))
+    return attack.run(model, x, y, ctx)
+
+
 def _attack(subject: Subject, attack: Any, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
             ctx: api.RunContext) -> torch.Tensor:
     with seeded(ctx.seed, subject.device):
-        return attack.run(model, x.to(subject.device), y.to(subject.device), ctx)
+        return _run_attack(subject, attack, model, x.to(subject.device), y.to(subject.device), ctx)
 
 
 def check_attack_output(subject: Subject) -> None:
@@ -356,7 +383,7 @@ def check_attack_global_rng(subject: Subject) -> None:
     w = world()
     x, y = w.test_x[:4].to(subject.device), w.test_y[:4].to(subject.device)
     model, ctx = w.fresh_victim(subject.device), subject.ctx()
-    assert_not_reseeded(lambda: subject.make().run(model, x, y, ctx), "run")
+    assert_not_reseeded(lambda: _run_attack(subject, subject.make(), model, x, y, ctx), "run")
 
 
 def check_attack_silent(subject: Subject) -> None:

@@ -1,4 +1,5 @@
-"""Built-in attacks: FGSM, BIM, PGD (l-inf), C&W and DeepFool (l2), JSMA (l0).
+"""Built-in attacks: FGSM, BIM, PGD (l-inf), C&W and DeepFool (l2), JSMA (l0); and the adaptive ones, which also
+read the defence: OPGD and joint PGD (l-inf).
 
 Registered lazily: each class's module (and torch) is imported when a run looks the component up, not when
 advbench lists or loads its plugins. The name, aliases and description here are the class's own (a test in
@@ -23,9 +24,13 @@ ATTACKS = (
      "DeepFool l2 (Moosavi-Dezfooli et al. 2016), via foolbox"),
     ("jsma", "advbench_attacks.jsma:JSMA", (),
      "Jacobian-based Saliency Map Attack (Papernot et al. 2016), l0, random target; batched"),
+    ("opgd", "advbench_attacks.opgd:OPGD", (),
+     "Orthogonal PGD on victim and detector (Bryniarski et al. 2022), adaptive, l-inf"),
+    ("joint-pgd", "advbench_attacks.joint_pgd:JointPGD", (),
+     "PGD on CE(f1) + lambda * detector term, ADV^2 form for interpretations (Zhang et al. 2020), l-inf"),
 )
 
-__all__ = ["BIM", "CarliniWagnerL2", "DeepFool", "FGSM", "JSMA", "PGD"]
+__all__ = ["BIM", "CarliniWagnerL2", "DeepFool", "FGSM", "JSMA", "JointPGD", "OPGD", "PGD"]
 
 
 def __getattr__(name: str):

@@ -136,6 +136,16 @@ def fit_logistic(benign_features: torch.Tensor, adversarial_features: torch.Tens
     return model
 
 
+def differentiable_adversarial(model: Pipeline, features: torch.Tensor) -> torch.Tensor:
+    """``predict_adversarial`` as torch operations, differentiable in ``features`` (for ``attack_score``): the
+    fitted standardization and the binary logistic regression, sigmoid(w . (f - mean) / scale + b), in float64."""
+    scaler, logistic = model[0], model[-1]
+    mean, scale, weights = (torch.as_tensor(a, dtype=torch.float64, device=features.device)
+                            for a in (scaler.mean_, scaler.scale_, logistic.coef_[0]))
+    logit = ((features.double() - mean) / scale) @ weights + float(logistic.intercept_[0])
+    return torch.sigmoid(logit).float()
+
+
 def predict_adversarial(model: Pipeline, features: torch.Tensor, device: Optional[torch.device] = None
                         ) -> torch.Tensor:
     """P(adversarial) from a fitted ``fit_logistic`` model, as a float32 tensor on ``device``."""

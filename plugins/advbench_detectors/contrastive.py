@@ -21,6 +21,10 @@ class Contrastive(Detector):
     show the class f1 predicts (in [0, 1]); it ranks inputs for ROC/AUROC and agrees with the flag at the
     extremes, but the flag is not a fixed threshold on it (argmax disagreement can happen at scores < 0.5).
     Fitted on nothing here: g and f2 are trained by the harness on the victim's training data.
+
+    Adaptive attacks (``adaptive_gradient = "exact"``): ``attack_score`` is the same score with the graph kept
+    through f2 and g (the harness hands a differentiable ``env.explain``: a LAN's forward pass, gradient maps by
+    double backprop); the label ``argmax f1(x)`` is piecewise constant and is not differentiated.
     """
 
     name = "contrastive"
@@ -29,11 +33,16 @@ class Contrastive(Detector):
     Options = ContrastiveOptions
     needs_interpreter = True
     needs_adversarial_fit = False
+    adaptive_gradient = "exact"
 
-    def score(self, env: DetectorEnv, x: torch.Tensor, ctx: RunContext) -> DetectorOutput:
+    @staticmethod
+    def _require_interpreter(env: DetectorEnv) -> None:
         if env.explain is None or env.mask_classifier is None:
             raise ValueError("the contrastive detector needs an interpreter (env.explain) and a mask classifier "
                              "(env.mask_classifier)")
+
+    def score(self, env: DetectorEnv, x: torch.Tensor, ctx: RunContext) -> DetectorOutput:
+        self._require_interpreter(env)
         with torch.no_grad():
             y1 = env.victim(x).argmax(dim=1)
         masks = env.explain(x)  # the interpreter may need input gradients: no no_grad around it
@@ -43,3 +52,10 @@ class Contrastive(Detector):
             agree = p2.gather(1, y1.view(-1, 1)).squeeze(1)
             flag = logits2.argmax(dim=1) != y1
         return DetectorOutput(score=(1.0 - agree).clamp(0.0, 1.0), flag=flag)
+
+    def attack_score(self, env: DetectorEnv, x: torch.Tensor, ctx: RunContext) -> torch.Tensor:
+        self._require_interpreter(env)
+        with torch.no_grad():
+            y1 = env.victim(x).argmax(dim=1)
+        p2 = torch.softmax(env.mask_classifier(env.explain(x)).float(), dim=1)
+        return (1.0 - p2.gather(1, y1.view(-1, 1)).squeeze(1)).clamp(0.0, 1.0)

@@ -27,6 +27,23 @@ def reduce_bit_depth(x: torch.Tensor, bits: int) -> torch.Tensor:
     return torch.round(x * levels) / levels
 
 
+class _StraightThroughBitDepth(torch.autograd.Function):
+    """``reduce_bit_depth`` forward, the identity backward (BPDA: rounding has zero gradient almost everywhere)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, bits: int) -> torch.Tensor:
+        return reduce_bit_depth(x, bits)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        return grad, None
+
+
+def reduce_bit_depth_bpda(x: torch.Tensor, bits: int) -> torch.Tensor:
+    """``reduce_bit_depth`` with the same values and the identity as its gradient."""
+    return _StraightThroughBitDepth.apply(x, bits)
+
+
 def median_smooth(x: torch.Tensor, size: int) -> torch.Tensor:
     """Per-channel ``size`` x ``size`` median filter, as Xu et al.'s code does it (scipy.ndimage.median_filter,
     mode="reflect").
@@ -67,6 +84,12 @@ class FeatureSqueezing(Detector):
     [0, 2]. Defaults follow the paper's CIFAR-10 configuration (5-bit, 2x2 median; its third squeezer,
     non-local means, is left out). Fitted on the held-out BENIGN inputs only: the threshold is their
     (1 - ``fpr``) quantile, so no adversarial example is needed; flag = score > threshold.
+
+    Adaptive attacks (``adaptive_gradient = "bpda"``, Athalye, Carlini and Wagner 2018): ``attack_score`` has the
+    same values as the score; the bit-depth rounding, whose gradient is zero almost everywhere, passes the
+    gradient through unchanged (straight-through identity). The median filter is used as is: a sort-based median
+    is differentiable almost everywhere, its gradient going to the pixel that is the median (as max-pooling's
+    goes to the maximum), which is an honest gradient, not a masked one; the max over squeezers likewise.
     """
 
     name = "feature-squeezing"
@@ -74,14 +97,15 @@ class FeatureSqueezing(Detector):
     revision = "1"
     Options = FeatureSqueezingOptions
     needs_adversarial_fit = False
+    adaptive_gradient = "bpda"
 
     def __init__(self, options: Optional[Options] = None, **kwargs) -> None:
         super().__init__(options, **kwargs)
         self.threshold: Optional[float] = None
 
-    def _scores(self, env: DetectorEnv, x: torch.Tensor) -> torch.Tensor:
+    def _scores(self, env: DetectorEnv, x: torch.Tensor, bpda: bool = False) -> torch.Tensor:
         o = self.options
-        squeezed = [reduce_bit_depth(x, o.bits)]
+        squeezed = [reduce_bit_depth_bpda(x, o.bits) if bpda else reduce_bit_depth(x, o.bits)]
         if o.median_size > 1:
             squeezed.append(median_smooth(x, o.median_size))
         n = len(x)
@@ -98,3 +122,7 @@ class FeatureSqueezing(Detector):
         with torch.no_grad():
             scores = self._scores(env, x)
         return DetectorOutput(score=scores, flag=scores > self.threshold)
+
+    def attack_score(self, env: DetectorEnv, x: torch.Tensor, ctx: RunContext) -> torch.Tensor:
+        require_fitted(self, "threshold")
+        return self._scores(env, x, bpda=True)

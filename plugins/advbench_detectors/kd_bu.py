@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import ClassVar, Optional
 
 import torch
 from pydantic import Field
 from torch import nn
 
 from advbench.api import Detector, DetectorEnv, DetectorOutput, Options, RunContext
-from advbench_detectors._features import (DeviceCache, fit_logistic, map_batches, penultimate,
-                                          predict_adversarial, require_fitted, subsample)
+from advbench_detectors._features import (DeviceCache, differentiable_adversarial, fit_logistic, map_batches,
+                                          penultimate, predict_adversarial, require_fitted, subsample)
 
 
 class KdBuOptions(Options):
@@ -48,6 +48,12 @@ class KdBu(DeviceCache, Detector):
     A victim without a dropout module has uncertainty 0 for every input (only the density then counts).
     Combination: logistic regression on the standardized (log density, uncertainty) pair, fitted on the
     held-out benign vs adversarial inputs given to ``fit``; score = P(adversarial), flag = score > 0.5.
+
+    Adaptive attacks (``adaptive_gradient = "eot"``, expectation over transformation, Athalye et al. 2018): the
+    density, the uncertainty of one set of dropout masks and the regression are differentiable in x (the class is
+    f1's predicted label, held constant); the dropout masks are random, so ``attack_score`` averages the score
+    over ``eot_draws`` independent MC-dropout draws, each of ``mc_samples`` passes, seeded from ``ctx`` and the
+    draw's number (other seeds than ``score`` uses: an attacker does not know the defender's masks).
     """
 
     name = "kd-bu"
@@ -57,6 +63,9 @@ class KdBu(DeviceCache, Detector):
     revision = "2"
     Options = KdBuOptions
     needs_adversarial_fit = True
+    adaptive_gradient = "eot"
+    # MC-dropout draws ``attack_score`` averages; not an option, so the detector's cache keys stay as they were
+    eot_draws: ClassVar[int] = 4
 
     def __init__(self, options: Optional[Options] = None, **kwargs) -> None:
         super().__init__(options, **kwargs)
@@ -97,11 +106,25 @@ class KdBu(DeviceCache, Detector):
                 m.train(mode)
         return probs.var(dim=0, unbiased=False).mean(dim=1)
 
-    def _features(self, env: DetectorEnv, x: torch.Tensor, ctx: RunContext) -> torch.Tensor:
+    def _features(self, env: DetectorEnv, x: torch.Tensor, seed: int) -> torch.Tensor:
+        """(log density, uncertainty) per input; ``seed`` draws the dropout masks."""
         features, logits = penultimate(env.victim, x)
         density = self._log_density(features, logits.argmax(dim=1))
-        uncertainty = self._uncertainty(env.victim, x, ctx.derive_seed("kd-bu", "mc dropout"))
+        uncertainty = self._uncertainty(env.victim, x, seed)
         return torch.stack([density, uncertainty], dim=1)
+
+    @staticmethod
+    def _score_seed(ctx: RunContext) -> int:
+        return ctx.derive_seed("kd-bu", "mc dropout")
+
+    def draw_score(self, env: DetectorEnv, x: torch.Tensor, seed: int) -> torch.Tensor:
+        """The score with one MC-dropout draw seeded by ``seed``, differentiable in x."""
+        return differentiable_adversarial(self._model, self._features(env, x, seed))
+
+    def attack_score(self, env: DetectorEnv, x: torch.Tensor, ctx: RunContext) -> torch.Tensor:
+        require_fitted(self, "_model")
+        draws = [self.draw_score(env, x, ctx.derive_seed("kd-bu", "eot", i)) for i in range(self.eot_draws)]
+        return torch.stack(draws).mean(dim=0)
 
     # -- fit / score ----------------------------------------------------------------------------------------
     def fit(self, env: DetectorEnv, benign_x: torch.Tensor, adversarial_x: torch.Tensor, ctx: RunContext) -> None:
@@ -116,8 +139,9 @@ class KdBu(DeviceCache, Detector):
             # a class absent from the subsample falls back to every training feature (never -inf)
             self._class_features.append((members if len(members) else train_features).float())
         self._bandwidth = o.bandwidth or self._median_distance(ctx)
-        fb = map_batches(lambda b: self._features(env, b, ctx), benign_x, ctx, "kd-bu: benign features")
-        fa = map_batches(lambda b: self._features(env, b, ctx), adversarial_x, ctx, "kd-bu: adversarial features")
+        seed = self._score_seed(ctx)
+        fb = map_batches(lambda b: self._features(env, b, seed), benign_x, ctx, "kd-bu: benign features")
+        fa = map_batches(lambda b: self._features(env, b, seed), adversarial_x, ctx, "kd-bu: adversarial features")
         self._model = fit_logistic(fb, fa, c=o.c)
 
     def _median_distance(self, ctx: RunContext, per_class: int = 200) -> float:
@@ -134,6 +158,6 @@ class KdBu(DeviceCache, Detector):
     def score(self, env: DetectorEnv, x: torch.Tensor, ctx: RunContext) -> DetectorOutput:
         require_fitted(self, "_model")
         with torch.no_grad():
-            features = self._features(env, x, ctx)
+            features = self._features(env, x, self._score_seed(ctx))
         prob = predict_adversarial(self._model, features, x.device)
         return DetectorOutput(score=prob, flag=prob > 0.5)

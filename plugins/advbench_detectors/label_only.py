@@ -8,7 +8,8 @@ import torch
 from pydantic import Field
 
 from advbench.api import Detector, DetectorEnv, DetectorOutput, Options, RunContext
-from advbench_detectors._features import fit_logistic, map_batches, one_hot, predict_adversarial, require_fitted
+from advbench_detectors._features import (differentiable_adversarial, fit_logistic, map_batches, one_hot,
+                                          predict_adversarial, require_fitted)
 
 
 class LabelOnlyOptions(Options):
@@ -22,6 +23,11 @@ class LabelOnly(Detector):
     class), i.e. how far the attack's label shift alone separates the two populations. Score = that
     probability; flag = probability > 0.5. Compare its AUROC with the contrastive detector of Nguyen et al.
     2017 to see how much the interpretation earns beyond the label shift.
+
+    Adaptive attacks (``adaptive_gradient = "bpda"``): the one-hot label is piecewise constant in x, so its
+    gradient is zero everywhere; ``attack_score`` keeps the one-hot forward values and passes the gradient through
+    softmax(f1(x)) instead (BPDA with the softmax as the smooth stand-in), which steers an attack towards the
+    labels the regression finds least suspicious.
     """
 
     name = "label-only"
@@ -29,6 +35,7 @@ class LabelOnly(Detector):
     revision = "1"
     Options = LabelOnlyOptions
     needs_adversarial_fit = True
+    adaptive_gradient = "bpda"
 
     def __init__(self, options: Optional[Options] = None, **kwargs) -> None:
         super().__init__(options, **kwargs)
@@ -48,3 +55,9 @@ class LabelOnly(Detector):
             features = self._features(env, x)
         prob = predict_adversarial(self._model, features, x.device)
         return DetectorOutput(score=prob, flag=prob > 0.5)
+
+    def attack_score(self, env: DetectorEnv, x: torch.Tensor, ctx: RunContext) -> torch.Tensor:
+        require_fitted(self, "_model")
+        probs = torch.softmax(env.victim(x).float(), dim=1)
+        hard = one_hot(probs.argmax(dim=1), env.num_classes)
+        return differentiable_adversarial(self._model, hard + (probs - probs.detach()))  # zero added: same values

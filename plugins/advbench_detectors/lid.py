@@ -9,8 +9,9 @@ from pydantic import Field
 from torch import nn
 
 from advbench.api import Detector, DetectorEnv, DetectorOutput, Options, RunContext
-from advbench_detectors._features import (ACTIVATIONS, DeviceCache, capture, fit_logistic, last_linear,
-                                          map_batches, predict_adversarial, require_fitted, subsample)
+from advbench_detectors._features import (ACTIVATIONS, DeviceCache, capture, differentiable_adversarial,
+                                          fit_logistic, last_linear, map_batches, predict_adversarial,
+                                          require_fitted, subsample)
 
 
 class LidOptions(Options):
@@ -40,6 +41,11 @@ class Lid(DeviceCache, Detector):
     reference makes an input's score independent of how the harness batches it.)
     Logistic regression on the standardized per-layer LID vector, fitted on the held-out benign vs
     adversarial inputs given to ``fit``; score = P(adversarial), flag = score > 0.5.
+
+    Adaptive attacks (``adaptive_gradient = "exact"``): with the reference minibatch fixed at fit time, each
+    layer's LID is a differentiable function of x almost everywhere (the k nearest neighbours are chosen by a
+    piecewise-constant selection, the distances to them are smooth), and so is the logistic regression on top;
+    ``attack_score`` keeps the graph through all of it.
     """
 
     name = "lid"
@@ -47,6 +53,7 @@ class Lid(DeviceCache, Detector):
     revision = "1"
     Options = LidOptions
     needs_adversarial_fit = True
+    adaptive_gradient = "exact"
 
     def __init__(self, options: Optional[Options] = None, **kwargs) -> None:
         super().__init__(options, **kwargs)
@@ -57,13 +64,14 @@ class Lid(DeviceCache, Detector):
     def _hooked(victim: nn.Module) -> list[nn.Module]:
         return [m for m in victim.modules() if isinstance(m, ACTIVATIONS)] + [last_linear(victim)]
 
-    def _activations(self, victim: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
+    def _activations(self, victim: nn.Module, x: torch.Tensor, keep_graph: bool = False) -> list[torch.Tensor]:
         with capture(self._hooked(victim)) as store:
             victim(x)
-        return [a.detach() for a in store[-self.options.max_layers:]]
+        kept = store[-self.options.max_layers:]
+        return kept if keep_graph else [a.detach() for a in kept]
 
-    def _lids(self, victim: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        acts = self._activations(victim, x)
+    def _lids(self, victim: nn.Module, x: torch.Tensor, keep_graph: bool = False) -> torch.Tensor:
+        acts = self._activations(victim, x, keep_graph)
         if len(acts) != len(self._reference):
             raise RuntimeError(f"lid: the victim produced {len(acts)} hooked layers, {len(self._reference)} at fit")
         k = min(self.options.k, len(self._reference[0]))
@@ -92,3 +100,7 @@ class Lid(DeviceCache, Detector):
             features = self._lids(env.victim, x)
         prob = predict_adversarial(self._model, features, x.device)
         return DetectorOutput(score=prob, flag=prob > 0.5)
+
+    def attack_score(self, env: DetectorEnv, x: torch.Tensor, ctx: RunContext) -> torch.Tensor:
+        require_fitted(self, "_model")
+        return differentiable_adversarial(self._model, self._lids(env.victim, x, keep_graph=True))

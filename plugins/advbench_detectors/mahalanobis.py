@@ -37,6 +37,12 @@ class Mahalanobis(DeviceCache, Detector):
     regression over layers is not implemented here.
     The threshold is fitted on the held-out BENIGN inputs only, at their (1 - ``fpr``) quantile; flag =
     score > threshold. No adversarial example is needed.
+
+    Adaptive attacks (``adaptive_gradient = "exact"``): given the fitted means and precision the score is a
+    differentiable function of x almost everywhere (the minimum over classes routes the gradient to the closest
+    one); ``attack_score`` keeps the graph through the penultimate features. The preprocessing step's sign is
+    piecewise constant, so its derivative is zero almost everywhere and x - noise * sign(...) is differentiated
+    as a shift of x.
     """
 
     name = "mahalanobis"
@@ -44,6 +50,7 @@ class Mahalanobis(DeviceCache, Detector):
     revision = "1"
     Options = MahalanobisOptions
     needs_adversarial_fit = False
+    adaptive_gradient = "exact"
 
     def __init__(self, options: Optional[Options] = None, **kwargs) -> None:
         super().__init__(options, **kwargs)
@@ -64,15 +71,22 @@ class Mahalanobis(DeviceCache, Detector):
         d2 = (fp * f).sum(1, keepdim=True) - 2 * fp @ mu.T + ((mu @ precision) * mu).sum(1)[None, :]
         return torch.where(valid[None, :], d2.clamp_min(0), torch.full_like(d2, float("inf")))
 
+    def _closest(self, env: DetectorEnv, x: torch.Tensor) -> torch.Tensor:
+        return self._distances(penultimate(env.victim, x)[0]).min(dim=1).values
+
+    def _preprocess(self, env: DetectorEnv, x: torch.Tensor) -> torch.Tensor:
+        """Lee et al.'s input preprocessing (a no-op with ``noise`` 0); the step's sign is a constant of x."""
+        if self.options.noise == 0:
+            return x
+        with torch.enable_grad():
+            x_in = x.detach().clone().requires_grad_(True)
+            (grad,) = torch.autograd.grad(self._closest(env, x_in).sum(), x_in)
+        return (x - self.options.noise * grad.sign()).clamp(0.0, 1.0)
+
     def _scores(self, env: DetectorEnv, x: torch.Tensor) -> torch.Tensor:
-        if self.options.noise > 0:
-            with torch.enable_grad():
-                x_in = x.detach().clone().requires_grad_(True)
-                closest = self._distances(penultimate(env.victim, x_in)[0]).min(dim=1).values
-                (grad,) = torch.autograd.grad(closest.sum(), x_in)
-            x = (x - self.options.noise * grad.sign()).clamp(0.0, 1.0)
+        x = self._preprocess(env, x)
         with torch.no_grad():
-            return self._distances(penultimate(env.victim, x)[0]).min(dim=1).values.float()
+            return self._closest(env, x).float()
 
     def fit(self, env: DetectorEnv, benign_x: torch.Tensor, adversarial_x: torch.Tensor, ctx: RunContext) -> None:
         idx = subsample(len(env.train_x), self.options.max_train, ctx.generator("mahalanobis", "train subsample"))
@@ -97,3 +111,7 @@ class Mahalanobis(DeviceCache, Detector):
         require_fitted(self, "threshold")
         scores = self._scores(env, x)
         return DetectorOutput(score=scores, flag=scores > self.threshold)
+
+    def attack_score(self, env: DetectorEnv, x: torch.Tensor, ctx: RunContext) -> torch.Tensor:
+        require_fitted(self, "threshold")
+        return self._closest(env, self._preprocess(env, x)).float()

@@ -18,6 +18,7 @@ class MaxSoftmax(Detector):
     Score: ``1 - max_k softmax(f1(x))_k``, the victim's own lack of confidence (in [0, 1]); nothing is fitted
     and there is no hard decision of its own (no flag: its operating points come from thresholds). A control
     that asks how far an interpretation-based detector beats what the victim's confidence alone tells.
+    Adaptive attacks differentiate the same expression exactly (``adaptive_gradient = "exact"``).
     """
 
     name = "msp"
@@ -25,8 +26,12 @@ class MaxSoftmax(Detector):
     description = "Hendrycks & Gimpel 2017: 1 - the victim's maximum softmax probability (a control)"
     revision = "1"
     Options = MaxSoftmaxOptions
+    adaptive_gradient = "exact"
 
     def score(self, env: DetectorEnv, x: torch.Tensor, ctx: RunContext) -> DetectorOutput:
         with torch.no_grad():
-            confidence = torch.softmax(env.victim(x).float(), dim=1).amax(dim=1)
-        return DetectorOutput(score=(1.0 - confidence).clamp(0.0, 1.0))
+            return DetectorOutput(score=self.attack_score(env, x, ctx))
+
+    def attack_score(self, env: DetectorEnv, x: torch.Tensor, ctx: RunContext) -> torch.Tensor:
+        confidence = torch.softmax(env.victim(x).float(), dim=1).amax(dim=1)
+        return (1.0 - confidence).clamp(0.0, 1.0)

@@ -5,6 +5,8 @@ Conventions every interpreter here follows:
   test time, and an adversarial input must be explained as the victim sees it);
 - gradients are taken under ``torch.enable_grad()`` so ``explain`` also works when the harness calls it inside
   ``torch.no_grad()`` (``torch.inference_mode()`` cannot be undone and is not supported);
+- with ``ctx.differentiable`` the input gradients are taken with ``create_graph=True`` and nothing is detached,
+  so the masks are differentiable functions of x (same values as without it);
 - every sample's mask depends on that sample alone: maps are normalized per sample, and where noise is needed
   each sample gets its own generator, seeded from the run seed and a hash of the sample's bytes, so the mask
   is the same whether the sample is explained alone or inside any batch (see ``sample_generators``); on CUDA
@@ -33,19 +35,30 @@ def predicted_labels(victim: nn.Module, x: torch.Tensor) -> torch.Tensor:
         return victim(x).argmax(dim=1)
 
 
-def input_gradient(victim: nn.Module, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """d logit[label] / dx for each sample (the sum over the batch separates: no cross-sample terms)."""
+def input_gradient(victim: nn.Module, x: torch.Tensor, labels: torch.Tensor,
+                   create_graph: bool = False) -> torch.Tensor:
+    """d logit[label] / dx for each sample (the sum over the batch separates: no cross-sample terms).
+
+    With ``create_graph`` the gradient stays a differentiable function of x (double backprop, for adaptive
+    attacks through the map): x itself is differentiated, not a detached copy. For a piecewise-linear victim
+    (ReLU, max-pooling) that second derivative is zero almost everywhere: exact, but it tells an attacker nothing.
+    """
     with torch.enable_grad():
-        xg = x.detach().clone().requires_grad_(True)
+        if create_graph:
+            xg = x if x.requires_grad else x.detach().requires_grad_(True)
+        else:
+            xg = x.detach().clone().requires_grad_(True)
         logits = victim(xg)
         score = logits.gather(1, labels.view(-1, 1)).sum()
-        (grad,) = torch.autograd.grad(score, xg)
-    return grad.detach()
+        (grad,) = torch.autograd.grad(score, xg, create_graph=create_graph)
+    return grad if create_graph else grad.detach()
 
 
-def chunked_gradient(victim: nn.Module, x: torch.Tensor, labels: torch.Tensor, chunk: int) -> torch.Tensor:
+def chunked_gradient(victim: nn.Module, x: torch.Tensor, labels: torch.Tensor, chunk: int,
+                     create_graph: bool = False) -> torch.Tensor:
     """``input_gradient`` over a large stack of inputs, ``chunk`` rows at a time (bounded memory)."""
-    parts = [input_gradient(victim, x[i:i + chunk], labels[i:i + chunk]) for i in range(0, len(x), chunk)]
+    parts = [input_gradient(victim, x[i:i + chunk], labels[i:i + chunk], create_graph)
+             for i in range(0, len(x), chunk)]
     return torch.cat(parts) if parts else torch.empty_like(x)
 
 

@@ -42,7 +42,8 @@ class GradCAM(api.Interpreter):
     own predicted label ``c = argmax f1(x)``, the channel weights are the spatial mean of ``d logit_c / dA`` and
     the map is ``relu(sum_k w_k A_k)``, upsampled bilinearly to the input's H x W, and divided by its per-sample
     maximum. Masks are N x 1 x H x W. A victim without a Conv2d raises an error naming the problem.
-    No randomness.
+    No randomness. With ``ctx.differentiable`` the map is differentiated through the activations and, by double
+    backprop, through the channel weights.
     """
 
     name = "gradcam"
@@ -66,7 +67,11 @@ class GradCAM(api.Interpreter):
         handle = layer.register_forward_hook(hook)
         try:
             with torch.enable_grad():
-                xg = x.detach().clone().requires_grad_(True)
+                # differentiable: the map stays a function of x itself (the weights by double backprop)
+                if ctx.differentiable:
+                    xg = x if x.requires_grad else x.detach().requires_grad_(True)
+                else:
+                    xg = x.detach().clone().requires_grad_(True)
                 logits = victim(xg)
                 if not captured:
                     raise InterpreterError(f"gradcam: layer {layer_name!r} was not run by the victim's forward")
@@ -75,10 +80,10 @@ class GradCAM(api.Interpreter):
                     raise InterpreterError(f"gradcam: layer {layer_name!r} outputs shape {tuple(acts.shape)}; "
                                            f"a spatial N x K x h x w output is needed")
                 score = logits.gather(1, labels.view(-1, 1)).sum()
-                (grads,) = torch.autograd.grad(score, acts)
+                (grads,) = torch.autograd.grad(score, acts, create_graph=ctx.differentiable)
         finally:
             handle.remove()
         weights = grads.mean(dim=(2, 3), keepdim=True)
-        cam = F.relu((weights * acts.detach()).sum(dim=1, keepdim=True))
+        cam = F.relu((weights * (acts if ctx.differentiable else acts.detach())).sum(dim=1, keepdim=True))
         cam = F.interpolate(cam, size=x.shape[-2:], mode="bilinear", align_corners=False).clamp_min(0)
         return normalize_per_sample(cam)

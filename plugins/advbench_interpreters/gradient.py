@@ -21,7 +21,7 @@ class GradientSaliency(api.Interpreter):
     map is then scaled into [0, 1] on its own: values above its ``percentile``-th percentile are clipped to it
     and the map is divided by that value (default 99, SmoothGrad's visualization recipe: robust to the few
     extreme pixels a raw gradient often has); ``percentile: 100`` divides by the plain maximum.
-    No training, no randomness.
+    No training, no randomness. With ``ctx.differentiable`` the map is differentiated by double backprop.
     """
 
     name = "gradient"
@@ -35,5 +35,5 @@ class GradientSaliency(api.Interpreter):
     def explain(self, state: Optional[nn.Module], victim: nn.Module, x: torch.Tensor,
                 ctx: api.RunContext) -> torch.Tensor:
         labels = predicted_labels(victim, x)
-        grad = input_gradient(victim, x, labels)
+        grad = input_gradient(victim, x, labels, create_graph=ctx.differentiable)
         return normalize_per_sample(channel_max(grad.abs()), self.options.percentile)

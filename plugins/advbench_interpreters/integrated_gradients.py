@@ -30,7 +30,8 @@ class IntegratedGradients(api.Interpreter):
     ``black`` (all zeros) or ``mean`` (a constant image of the training set's per-channel mean; ``build`` then
     returns a small module holding it and ``fit`` computes it). The attribution's absolute value is reduced by
     the maximum over channels (masks are N x 1 x H x W) and scaled per sample into [0, 1] like ``gradient``.
-    No randomness.
+    No randomness. With ``ctx.differentiable`` the attribution is differentiated through the path and, by double
+    backprop, through the path's gradients.
     """
 
     name = "integrated-gradients"
@@ -74,6 +75,6 @@ class IntegratedGradients(api.Interpreter):
         base = self._baseline(state, x)
         alphas = torch.arange(1, m + 1, device=x.device, dtype=x.dtype).div_(m).view(1, m, 1, 1, 1)
         path = (base.unsqueeze(1) + alphas * (x - base).unsqueeze(1)).reshape(n * m, *x.shape[1:])
-        grads = chunked_gradient(victim, path, labels.repeat_interleave(m), ctx.batch_size)
+        grads = chunked_gradient(victim, path, labels.repeat_interleave(m), ctx.batch_size, ctx.differentiable)
         attr = (x - base) * grads.reshape(n, m, *x.shape[1:]).mean(dim=1)
         return normalize_per_sample(channel_max(attr.abs()), self.options.percentile)

@@ -167,7 +167,8 @@ class LatentAttentionNetwork(api.Interpreter):
                 ctx: api.RunContext) -> torch.Tensor:
         net = self._check_state(state)
         net.to(x.device).eval()
-        # A plain forward pass: differentiable with respect to x when x requires grad (adaptive attacks).
-        with torch.set_grad_enabled(x.requires_grad and torch.is_grad_enabled()):
+        # A plain forward pass: differentiable with respect to x for adaptive attacks (ctx.differentiable, even
+        # inside a caller's no_grad), and whenever x requires grad.
+        with torch.set_grad_enabled(ctx.differentiable or (x.requires_grad and torch.is_grad_enabled())):
             a = net(x)
         return make_output(a, x, self.options.output)

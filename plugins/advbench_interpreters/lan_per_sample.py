@@ -30,11 +30,14 @@ class LANPerSample(api.Interpreter):
 
     Nothing is trained ahead (``build`` returns None). Output as ``lan``: ``importance`` = 1 - A (DEFAULT),
     ``mask`` = A, ``masked_image`` = (1 - A) * x; C channels, or 1 with ``shared_channels``.
+    Not differentiable (``differentiable = False``): adaptive attacks through it are not run.
     """
 
     name = "lan-per-sample"
     description = "Latent-attention mask optimized directly for each input (Grimm et al. 2017, per-image variant)"
     revision = "1"
+    # the mask is the end of an optimisation per image, with x detached: there is no gradient of it to follow
+    differentiable = False
 
     class Options(api.Options):
         steps: int = Field(50, ge=1, le=5000, description="Adam steps per batch")

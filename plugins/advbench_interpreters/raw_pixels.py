@@ -17,7 +17,8 @@ class RawPixels(api.Interpreter):
     architecture the interpreters' f2 uses), so the rule "f1's label differs from f2's" is tested without any
     interpretation in between. An interpretation-based detector earns its place only by beating this control
     by more than the noise (an attack that ignores f2 fools f1 alone, and a second, different classifier
-    disagrees with f1 on many adversarial inputs whatever it reads). Masks are N x C x H x W, the inputs.
+    disagrees with f1 on many adversarial inputs whatever it reads). Masks are N x C x H x W, the inputs; with
+    ``ctx.differentiable`` the identity keeps x's graph.
     """
 
     name = "raw-pixels"
@@ -26,4 +27,4 @@ class RawPixels(api.Interpreter):
 
     def explain(self, state: Optional[nn.Module], victim: nn.Module, x: torch.Tensor,
                 ctx: api.RunContext) -> torch.Tensor:
-        return x.detach().clone()
+        return x.clone() if ctx.differentiable else x.detach().clone()

@@ -25,7 +25,8 @@ class SmoothGrad(api.Interpreter):
 
     The noise comes from a generator per sample seeded by the run seed and the sample's content, so masks are
     deterministic for a seed and do not depend on the rest of the batch (on CUDA it is drawn on the device,
-    counter-based: other numbers than on the CPU, see ``_common.SampleNoise``).
+    counter-based: other numbers than on the CPU, see ``_common.SampleNoise``). With ``ctx.differentiable`` the map
+    is differentiated by double backprop, the noise held fixed.
     """
 
     name = "smoothgrad"
@@ -47,6 +48,6 @@ class SmoothGrad(api.Interpreter):
         flat = x.reshape(n, -1)
         sigma = (opt.noise_level * (flat.amax(1) - flat.amin(1))).view(n, 1, 1, 1, 1)
         noisy = (x.unsqueeze(1) + sigma * noise).reshape(n * s, *x.shape[1:])
-        grads = chunked_gradient(victim, noisy, labels.repeat_interleave(s), ctx.batch_size)
+        grads = chunked_gradient(victim, noisy, labels.repeat_interleave(s), ctx.batch_size, ctx.differentiable)
         mean = grads.reshape(n, s, *x.shape[1:]).mean(dim=1)
         return normalize_per_sample(channel_max(mean.abs()), opt.percentile)
