@@ -11,7 +11,6 @@ every memoised object is rebuilt identically from the cache when it is not there
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import logging
 import os
 import time
@@ -307,13 +306,6 @@ class Interpretation:
             masks = self.interpreter.explain(self.state, self.victim, x, ctx)
         return check_masks(self.spec["plugin"], masks, x).clamp(0, 1)
 
-    def differentiable_explain(self, x: torch.Tensor) -> torch.Tensor:
-        """g(x) with its graph kept, for an adaptive attacker (same seed, so the same masks as ``explain``)."""
-        ctx = dataclasses.replace(self.ctx, differentiable=True)
-        with seeded(self.ctx.derive_seed("explain"), self.device), torch.enable_grad():
-            masks = self.interpreter.explain(self.state, self.victim, x, ctx)
-        return check_masks(self.spec["plugin"], masks, x).clamp(0, 1)
-
 
 def load_interpretation(spec: dict[str, Any], worker: Worker) -> Interpretation:
     return MODELS.get(f"interpretation:{spec['key']}:{spec['masks_key']}@{worker.device}",
@@ -441,15 +433,10 @@ def build_defence(worker: Worker, spec: dict[str, Any]) -> Defence:
     threshold = metrics.calibrated_threshold(calibration, spec["fpr"])
     ctx = worker.ctx("detector", spec["detector"], spec["interpreter"], spec["target"], "adaptive")
     ctx.differentiable = True
-    explain = None
-    if spec["env"].get("interp") is not None:
-        interp = load_interpretation(spec["env"]["interp"], worker)
-        explain = interp.differentiable_explain
-    adaptive_env = DetectorEnv(env.victim, env.train_x, env.train_y, env.num_classes, explain=explain,
-                               mask_classifier=env.mask_classifier)
+    adaptive_env = detector_env(worker, spec["env"], differentiable=True)
     return Defence(victim=env.victim, detector=spec["detector"],
                    score=lambda x: detector.attack_score(adaptive_env, x, ctx), threshold=float(threshold),
-                   fpr=spec["fpr"], gradient=spec["gradient"], explain=explain,
+                   fpr=spec["fpr"], gradient=spec["gradient"], explain=adaptive_env.explain,
                    mask_classifier=env.mask_classifier)
 
 
