@@ -160,6 +160,19 @@ def _midranks(values: np.ndarray) -> np.ndarray:
     return ranks
 
 
+def _delong_components(benign: np.ndarray, adversarial: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
+    """AUROC and DeLong's structural components: per positive, the share of negatives ranked below it; per
+    negative, the share of positives ranked above it (ties count half)."""
+    m, n = adversarial.size, benign.size
+    scores = np.concatenate([adversarial, benign])
+    if not np.isfinite(scores).all():
+        scores = _ranks(scores)
+    all_ranks = _midranks(scores)
+    pos_ranks, neg_ranks = _midranks(scores[:m]), _midranks(scores[m:])
+    auc = (all_ranks[:m].sum() - m * (m + 1) / 2) / (m * n)
+    return auc, (all_ranks[:m] - pos_ranks) / n, 1.0 - (all_ranks[m:] - neg_ranks) / m
+
+
 def auroc_interval(benign: Any, adversarial: Any, z: float = Z95) -> Optional[list[float]]:
     """DeLong's 95% interval of the AUROC (DeLong, DeLong & Clarke-Pearson 1988; midrank form of Sun & Xu
     2014), clipped to [0, 1]; None when a side has fewer than two scores."""
@@ -167,17 +180,39 @@ def auroc_interval(benign: Any, adversarial: Any, z: float = Z95) -> Optional[li
     m, n = pos.size, neg.size
     if m < 2 or n < 2:
         return None
-    scores = np.concatenate([pos, neg])
-    if not np.isfinite(scores).all():
-        scores = _ranks(scores)
-    all_ranks = _midranks(scores)
-    pos_ranks, neg_ranks = _midranks(scores[:m]), _midranks(scores[m:])
-    auc = (all_ranks[:m].sum() - m * (m + 1) / 2) / (m * n)
-    v_pos = (all_ranks[:m] - pos_ranks) / n  # each positive: share of negatives ranked below it
-    v_neg = 1.0 - (all_ranks[m:] - neg_ranks) / m  # each negative: share of positives ranked above it
+    auc, v_pos, v_neg = _delong_components(neg, pos)
     variance = v_pos.var(ddof=1) / m + v_neg.var(ddof=1) / n
     half = z * float(np.sqrt(max(variance, 0.0)))
     return [_round(max(0.0, auc - half)), _round(min(1.0, auc + half))]
+
+
+def paired_auroc_test(benign_a: Any, adversarial_a: Any, benign_b: Any, adversarial_b: Any,
+                      z: float = Z95) -> Optional[dict[str, Any]]:
+    """DeLong's paired test of two detectors' AUROCs on the SAME inputs (score i of a and of b belong to one
+    input): the difference a - b, its 95% interval and the two-sided p-value. Two detectors read on one set of
+    inputs are correlated, so comparing their separate intervals is too conservative; this accounts for it.
+    None when a side has fewer than two inputs or the two score sets do not align."""
+    from math import erf, sqrt
+
+    neg_a, pos_a = _scores(benign_a, "benign"), _scores(adversarial_a, "adversarial")
+    neg_b, pos_b = _scores(benign_b, "benign"), _scores(adversarial_b, "adversarial")
+    if neg_a.size != neg_b.size or pos_a.size != pos_b.size or neg_a.size < 2 or pos_a.size < 2:
+        return None
+    auc_a, vpos_a, vneg_a = _delong_components(neg_a, pos_a)
+    auc_b, vpos_b, vneg_b = _delong_components(neg_b, pos_b)
+    m, n = pos_a.size, neg_a.size
+    cov_pos = np.cov(np.vstack([vpos_a, vpos_b]), ddof=1)
+    cov_neg = np.cov(np.vstack([vneg_a, vneg_b]), ddof=1)
+    variance = (cov_pos[0, 0] + cov_pos[1, 1] - 2 * cov_pos[0, 1]) / m + \
+        (cov_neg[0, 0] + cov_neg[1, 1] - 2 * cov_neg[0, 1]) / n
+    delta = float(auc_a - auc_b)
+    sd = float(np.sqrt(max(variance, 0.0)))
+    if sd == 0.0:  # identical rankings: no difference to test
+        p_value = 1.0 if delta == 0.0 else 0.0
+    else:
+        p_value = float(2.0 * (1.0 - 0.5 * (1.0 + erf(abs(delta) / sd / sqrt(2.0)))))
+    return {"delta": _round(delta), "delta_ci": [_round(delta - z * sd), _round(delta + z * sd)],
+            "p_value": _round(p_value), "significant": bool(delta - z * sd > 0 or delta + z * sd < 0)}
 
 
 CALIBRATED_FPRS = {"1": 0.01, "5": 0.05, "10": 0.10}

@@ -181,3 +181,28 @@ def test_calibrated_thresholds_come_from_the_calibration_scores_alone():
         assert second[name]["threshold"] == first[name]["threshold"]
     assert second["fpr_5"]["fpr"] == 0.0 and second["fpr_5"]["tpr"] == 1.0
     assert metrics.calibrated_metrics([], benign, adversarial)["fpr_5"] is None
+
+
+def test_paired_auroc_test_separates_a_real_gap_from_noise():
+    """Two detectors on the same inputs: one informative, one nearly chance -> a significant gap; the same
+    detector against itself plus tiny jitter -> within noise; swapping the pair flips the sign."""
+    import numpy as np
+
+    from advbench import metrics
+
+    rng = np.random.default_rng(0)
+    benign, adversarial = rng.normal(0, 1, 300), rng.normal(1.5, 1, 300)
+    weak_b, weak_a = benign + rng.normal(0, 5, 300), adversarial + rng.normal(0, 5, 300)
+    gap = metrics.paired_auroc_test(benign, adversarial, weak_b, weak_a)
+    assert gap["significant"] and gap["delta"] > 0.1 and gap["p_value"] < 0.001
+    assert gap["delta_ci"][0] <= gap["delta"] <= gap["delta_ci"][1]
+    flipped = metrics.paired_auroc_test(weak_b, weak_a, benign, adversarial)
+    assert flipped["delta"] == pytest.approx(-gap["delta"]) and flipped["significant"]
+    jitter = metrics.paired_auroc_test(benign, adversarial, benign + rng.normal(0, 0.01, 300),
+                                       adversarial + rng.normal(0, 0.01, 300))
+    assert not jitter["significant"] and abs(jitter["delta"]) < 0.01
+    # the paired interval is narrower than comparing the two separate DeLong intervals would suggest
+    low, high = metrics.auroc_interval(benign, adversarial)
+    assert jitter["delta_ci"][1] - jitter["delta_ci"][0] < (high - low)
+    assert metrics.paired_auroc_test(benign[:1], adversarial, benign[:1], adversarial) is None
+    assert metrics.paired_auroc_test(benign, adversarial, benign[:10], adversarial) is None
