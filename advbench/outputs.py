@@ -27,8 +27,8 @@ CSV_TABLES = {
                                           "n_train_masks"]),
     "attacks.csv": ("attacks", ["attack", "plugin", "norm", "source", "n", "n_correct", "n_success", "success_rate",
                                 "success_rate_correct", "mean_linf", "mean_l2", "mean_l0"]),
-    "detection.csv": ("detection", ["detector", "interpreter", "attack", "source", "target", "subset", "population",
-                                    "n_adversarial", "n_benign", "tpr", "tpr_ci_low", "tpr_ci_high", "tnr",
+    "detection.csv": ("detection", ["detector", "interpreter", "attack", "knowledge", "source", "target", "subset",
+                                    "population", "benign_population", "n_adversarial", "n_benign", "tpr", "tpr_ci_low", "tpr_ci_high", "tnr",
                                     "tnr_ci_low", "tnr_ci_high", "auroc", "auroc_ci_low", "auroc_ci_high",
                                     "tpr_cal_1", "fpr_cal_1", "tpr_cal_5", "fpr_cal_5", "tpr_cal_10", "fpr_cal_10",
                                     "tpr_at_fpr_1", "tpr_at_fpr_5", "tpr_at_fpr_10", "tnr_at_tpr_90", "tnr_at_tpr_95",
@@ -44,6 +44,9 @@ CSV_TABLES = {
                                   "robust_accuracy_detection_aware_ci_low", "robust_accuracy_detection_aware_ci_high",
                                   "detected_share", "detected_share_ci_low", "detected_share_ci_high"]),
     "sanity_checks.csv": ("sanity_checks", ["check", "outcome", *IDENTITY, "detail"]),
+    "comparisons.csv": ("comparisons", ["attack", "source", "target", "subset", "population", "best", "other",
+                                        "auroc_best", "auroc_other", "delta", "delta_ci_low", "delta_ci_high",
+                                        "p_value", "significant"]),
 }
 
 

@@ -32,7 +32,7 @@ SCHEMA_VERSION = "1.1"
 PRE_SCHEMA_VERSION = "0"  # what a results.json written before schema_version existed loads as
 
 __all__ = ["SCHEMA_VERSION", "Results", "VictimRow", "InterpreterRow", "AttackRow", "DetectionRow", "WorstCaseRow",
-           "SecurityRow", "SanityCheck", "StageRecord", "PluginRow", "validate_results", "json_schema"]
+           "SecurityRow", "SanityCheck", "Comparison", "StageRecord", "PluginRow", "validate_results", "json_schema"]
 
 
 class Row(BaseModel):
@@ -79,6 +79,8 @@ class Evaluation(Row):
     n_eval: int
     n_fit: int
     n_calibration: Optional[int] = Field(None, description="benign images the thresholds are chosen on")
+    benign: Optional[Literal["natural", "paired"]] = Field(
+        None, description="the detection rows' negatives: every evaluation image, or the adversarial inputs' originals")
     benign_pairing: Optional[str] = None
 
 
@@ -187,6 +189,9 @@ class DetectionRow(Metrics):
                     "rows): the target victim classifies the clean image right and the adversarial one wrong")
     n_adversarial: int
     n_benign: int
+    knowledge: Literal["oblivious", "adaptive"] = Field(
+        "oblivious", description="adaptive: the adversarial inputs were crafted against this detector")
+    benign_population: Optional[Literal["natural", "paired"]] = None
     mask_invariance: Optional[float] = None
     recovery_rate: Optional[float] = None
     score_definition: Optional[str] = None
@@ -269,6 +274,25 @@ class SanityCheck(Row):
     sweep: Optional[Sweep] = None
 
 
+class Comparison(Row):
+    """The best detector by AUROC on one set of inputs against another detector read on the same inputs."""
+
+    attack: str
+    source: str
+    target: str
+    subset: Literal["all", "filtered"]
+    population: str
+    best: str = Field(description="detector[/interpreter] with the highest AUROC on these inputs")
+    other: str
+    auroc_best: Optional[float] = None
+    auroc_other: Optional[float] = None
+    delta: Optional[float] = Field(None, description="AUROC best - other")
+    delta_ci: Optional[list[Optional[float]]] = Field(None, description="DeLong's paired 95% interval of delta")
+    p_value: Optional[float] = None
+    significant: bool = Field(description="the interval excludes 0: best beyond noise")
+    sweep: Optional[Sweep] = None
+
+
 class FailedCell(Row):
     """A node whose plugin broke its output contract or raised: the grid went on without it and its dependents."""
 
@@ -323,6 +347,8 @@ class Results(Row):
     detection: list[DetectionRow] = Field(default_factory=list)
     worst_case: list[WorstCaseRow] = Field(default_factory=list)
     security: list[SecurityRow] = Field(default_factory=list, description="attack success under detection")
+    comparisons: list[Comparison] = Field(default_factory=list, description="paired AUROC tests: best detector "
+                                          "against each other one on the same inputs")
     sanity_checks: list[SanityCheck] = Field(default_factory=list, description="checks that catch a broken "
                                                                                "evaluation; failures are in warnings")
     warnings: list[str] = Field(default_factory=list)

@@ -203,7 +203,7 @@ class Assembler:
     def point(self, point: Point) -> dict[str, Any]:
         sweep = {"sweep": dict(point.values)} if point.values else {}
         out: dict[str, Any] = {"victims": {}, "interpreters": [], "attacks": [], "detection": [], "worst_case": [],
-                               "security": [], "warnings": [], "_sweep": point.values}
+                               "security": [], "comparisons": [], "warnings": [], "_sweep": point.values}
         load = self.driver.load
         for name, entry in point.victims.items():
             if self.ready(entry["accuracy"]):
@@ -290,6 +290,8 @@ class Assembler:
         n_eval = len(self.eval_x)
         y = torch.cat([self.eval_y, self.fit_y])
         groups: dict[tuple, dict[str, Any]] = {}
+        # per (attack set, pair, subset, population): every detector's scores on the same inputs, for paired tests
+        same_inputs: dict[tuple, dict[str, tuple]] = {}
         for d in point.detections:
             if d["attack_key"] not in attacks or not self.ready(d["benign"], d["adversarial"], d["labels"],
                                                                 d["benign_labels"], d.get("calibration"),
@@ -326,6 +328,9 @@ class Assembler:
                            "benign_population": self.benign, "n_benign": int(negatives.sum()),
                            "score_definition": d["score_definition"], **sweep}
                     row.update(_metrics(scores, negatives, chosen))
+                    same_inputs.setdefault((d["attack_key"], d["attack"], d["source"], d["target"], subset, population),
+                                           {})[_label(d)] = (scores["benign"]["score"][negatives],
+                                                             scores["adversarial"]["score"][chosen], row["auroc"])
                     if calibration is not None:  # thresholds from held-out benign images, the same for every row
                         row["calibrated"] = metrics.calibrated_metrics(
                             calibration, scores["benign"]["score"][negatives], scores["adversarial"]["score"][chosen])
@@ -341,6 +346,7 @@ class Assembler:
                     else:
                         row["mask_invariance"] = row["recovery_rate"] = None
                     out["detection"].append(row)
+        out["comparisons"].extend(_comparisons(same_inputs, sweep))
         fitted_per_attack = {(d["detector"], d["interpreter"], d["source"], d["target"])
                              for d in point.detections if d.get("adversarial_fit")}
         for (dname, iname, source, target), per in groups.items():
@@ -403,6 +409,30 @@ def _test_order_idx(plan: Plan, n: int) -> torch.Tensor:
     from advbench.stages import test_order
 
     return test_order(plan.subset)[:n]
+
+
+def _label(d: dict[str, Any]) -> str:
+    return f"{d['detector']}/{d['interpreter']}" if d.get("interpreter") else d["detector"]
+
+
+def _comparisons(same_inputs: dict[tuple, dict[str, tuple]], sweep: dict[str, Any]) -> list[dict[str, Any]]:
+    """For every set of inputs read by two or more detectors: the best by AUROC against each other one, with
+    DeLong's paired test, so "best" is said only where it is beyond noise."""
+    rows = []
+    for (_, attack, source, target, subset, population), detectors in same_inputs.items():
+        ranked = sorted(((auroc, name) for name, (_, _, auroc) in detectors.items() if auroc is not None),
+                        reverse=True)
+        if len(ranked) < 2:
+            continue
+        best = ranked[0][1]
+        for _, other in ranked[1:]:
+            test = metrics.paired_auroc_test(detectors[best][0], detectors[best][1], detectors[other][0],
+                                             detectors[other][1])
+            if test is not None:
+                rows.append({"attack": attack, "source": source, "target": target, "subset": subset,
+                             "population": population, "best": best, "other": other,
+                             "auroc_best": detectors[best][2], "auroc_other": detectors[other][2], **test, **sweep})
+    return rows
 
 
 BENIGN_POPULATIONS = {
@@ -481,6 +511,7 @@ def run_suite(suite: Suite, run_dir: Path, device: Any, cache: Cache, limit: Opt
         "sweep_fields": suite.sweep_fields(), "sweep_base": {f: suite.value_at(f) for f in suite.sweep_fields()},
         "paper_reference": suite.spec.paper_reference,
         "victims": {}, "interpreters": [], "attacks": [], "detection": [], "worst_case": [], "security": [],
+        "comparisons": [],
         # a plugin installed but skipped as broken is part of what this run could and could not use
         "warnings": [f"plugin {b.distribution} (entry point {b.entry_point!r}) is broken and was skipped: {b.error}"
                      for b in plugins.broken()],
@@ -533,7 +564,8 @@ def run_suite(suite: Suite, run_dir: Path, device: Any, cache: Cache, limit: Opt
             finished_points.extend(newly)
             if len(finished_points) < len(plan.points):  # a long sweep's finished points can be read meanwhile
                 partial = {**results, "victims": {}, "interpreters": [], "attacks": [], "detection": [],
-                           "worst_case": [], "security": [], "warnings": [], "missing": list(results["missing"])}
+                           "worst_case": [], "security": [], "comparisons": [], "warnings": [],
+                           "missing": list(results["missing"])}
                 for i in sorted(finished_points):
                     _merge(partial, _assemble(assembler, plan.points[i]))
                 partial["missing"].append(f"in progress: {len(finished_points)} of {len(plan.points)} sweep points "
@@ -614,7 +646,7 @@ def _sanity(results: dict[str, Any]) -> None:
 
 
 def _merge(results: dict[str, Any], out: dict[str, Any]) -> None:
-    for key in ("interpreters", "attacks", "detection", "worst_case", "security", "warnings"):
+    for key in ("interpreters", "attacks", "detection", "worst_case", "security", "comparisons", "warnings"):
         results.setdefault(key, []).extend(out.get(key, []))
     results["victims"].update(out.get("victims", {}))
     if out.get("_sweep"):  # a swept field may change a victim: keep every point's

@@ -199,21 +199,19 @@ def leaderboard_tables(view: View) -> list[Table]:
                     sweep_label(w) == sweep:
                 worst[(str(w.get("detector")), interp_label(w.get("interpreter")))] = w.get("auroc")
         columns_values = [[value.get((d, i, a)) for d, i in detectors] for a in attacks]
+        verdicts = [_column_verdict(view, a, source, target, sweep) for a in attacks]
         if worst:
             columns_values.append([worst.get((d, i)) for d, i in detectors])
-        best = []
-        for values in columns_values:
-            numbers = [v for v in values if is_number(v)]
-            best.append(max(numbers) if numbers else None)
+            verdicts.append(None)  # a worst case mixes attacks: no paired test behind it, so no mark
         body = []
         for j, (d, i) in enumerate(detectors):
             cells = [Cell(d), Cell(i, "na" if i == NA else "")]
             for c, values in enumerate(columns_values):
-                v = values[j]
-                cell = num(v)
-                if is_number(v) and best[c] is not None and v == best[c] and len(detectors) > 1:
-                    cell = num(v, cls="best")
-                    cell.title = "best in this column"
+                cell = num(values[j])
+                verdict = verdicts[c]
+                if verdict is not None and verdict["best"] == (d if i == NA else f"{d}/{i}"):
+                    cell = num(values[j], cls="best" if verdict["significant"] else "tied")
+                    cell.title = verdict["title"]
                 cells.append(cell)
             body.append(cells)
         columns = [Column("detector"), Column("interpreter")] + [Column(a, "num") for a in attacks]
@@ -221,10 +219,29 @@ def leaderboard_tables(view: View) -> list[Table]:
             columns.append(Column("worst case", "num", "worst AUROC over the attacks (results.json worst_case)"))
         where = f"on {source}" if source == target else f"crafted on {source}, evaluated on {target}"
         caption = f"AUROC per attack, adversarial inputs {where}" + (f" ({sweep})" if sweep else "") + \
-            ". Bold: best detector in the column."
+            ". Bold: the best detector in the column, beyond noise (DeLong's paired test against the runner-up on " \
+            "the same inputs, 95%); underlined: best, but within noise of the runner-up."
         tables.append(Table(f"table-leaderboard-{index}", columns, body, caption,
                             note=f"{source} → {target}" if source != target else str(target)))
     return tables
+
+
+def _column_verdict(view: View, attack: str, source: Any, target: Any, sweep: str) -> Optional[dict[str, Any]]:
+    """Whether the column's best detector beats the runner-up beyond noise (results.json comparisons)."""
+    rows = [c for c in dicts(view.results.get("comparisons"))
+            if (str(c.get("attack")), c.get("source"), c.get("target"), str(c.get("subset")),
+                str(c.get("population")), sweep_label(c)) == (attack, source, target, "all", "successful", sweep)]
+    if not rows:
+        return None
+    runner_up = max(rows, key=lambda c: c.get("auroc_other") if is_number(c.get("auroc_other")) else -1.0)
+    gap = f"{fmt(runner_up.get('delta'))} [{fmt((runner_up.get('delta_ci') or [None])[0])}, " \
+          f"{fmt((runner_up.get('delta_ci') or [None, None])[1])}]"
+    significant = bool(runner_up.get("significant"))
+    title = (f"best beyond noise: AUROC {gap} above {runner_up.get('other')} (paired DeLong, p = "
+             f"{fmt(runner_up.get('p_value'))})" if significant else
+             f"best, but within noise of {runner_up.get('other')}: difference {gap} (paired DeLong, p = "
+             f"{fmt(runner_up.get('p_value'))})")
+    return {"best": str(runner_up.get("best")), "significant": significant, "title": title}
 
 
 def transfer_tables(view: View) -> tuple[Optional[Table], list[dict[str, Any]]]:
