@@ -1,20 +1,26 @@
 """The attack template (advbench.threat): what every attack's output goes through before the harness stores it.
 
 Throwaway attacks return what a careless or malicious plugin might (far outside the ball, off the data's grid),
-and a toy victim whose label flips at a known intensity shows how success is judged.
+and a toy victim whose label flips at a known intensity shows how success is judged. The suite's threat model
+(advbench.suite) is checked here too: resolution, eps lists and the harness filling ``eps`` options.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
+import yaml
 from torch import nn
 
 from advbench.api import Attack, Defence, RunContext, ThreatModel
 from advbench.errors import AdvbenchError
+from advbench.suite import budget_name, load_suite
 from advbench.threat import norms, project, quantize
 
 LEVELS = 16
+DIGITS = Path(__file__).resolve().parents[1] / "suites" / "digits.yaml"
 
 
 class Returns(Attack):
@@ -167,3 +173,51 @@ def test_an_adaptive_attack_needs_the_defence_and_gets_it():
     plugin = Adaptive(lambda inp: inp)
     plugin(Threshold(), x, y, RunContext(), threat, defence)
     assert plugin.seen[0][3] == (defence,)
+
+
+# ---------------------------------------------------------------------------------------------- the suite
+
+
+def suite_file(tmp_path: Path, change) -> Path:
+    raw = yaml.safe_load(DIGITS.read_text())
+    change(raw)
+    path = tmp_path / "suite.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return path
+
+
+def test_without_a_threat_model_an_attack_runs_under_its_own_norm_and_eps():
+    suite = load_suite(DIGITS)
+    assert suite.threat("fgsm") == {"norm": "linf", "eps": 0.2, "quantize": True, "targeted": False, "levels": 16}
+
+
+def test_the_top_level_threat_model_fills_eps_options_and_an_attack_overrides_it(tmp_path):
+    def change(raw):
+        raw["threat_model"] = {"eps": 0.125, "quantize": False}
+        raw["attacks"] = {"fgsm": {}, "pgd": {"threat_model": {"eps": 0.25, "targeted": True}},
+                          "jsma": {"threat_model": {"eps": 20}}}  # an l0 budget counts input elements
+    suite = load_suite(suite_file(tmp_path, change))
+    assert suite.component("attacks", "fgsm")[1].eps == 0.125
+    assert suite.threat("fgsm") == {"norm": "linf", "eps": 0.125, "quantize": False, "targeted": False, "levels": 16}
+    assert suite.component("attacks", "pgd")[1].eps == 0.25
+    assert suite.threat("pgd")["targeted"] is True and suite.threat("pgd")["quantize"] is False
+    assert suite.threat("jsma") == {"norm": "l0", "eps": 20.0, "quantize": False, "targeted": False, "levels": 16}
+
+
+def test_an_eps_list_makes_one_attack_per_budget_and_set_reaches_them_all(tmp_path):
+    def change(raw):
+        raw["attacks"] = {"pgd": {"threat_model": {"eps": [2 / 255, 0.5]}},
+                          "jsma": {"threat_model": {"eps": [5, 10]}}}
+    suite = load_suite(suite_file(tmp_path, change), ["attacks.pgd.options.steps=3"])
+    assert suite.usable("attacks") == ["pgd@2/255", "pgd@eps=0.5", "jsma@eps=5", "jsma@eps=10"]
+    assert [suite.threat(a)["eps"] for a in suite.usable("attacks")] == [2 / 255, 0.5, 5.0, 10.0]
+    for name in ("pgd@2/255", "pgd@eps=0.5"):
+        assert suite.component("attacks", name)[1].steps == 3
+    assert suite.component("attacks", "pgd@2/255")[1].eps == 2 / 255
+
+
+def test_budget_names():
+    assert budget_name("pgd", "linf", 8 / 255) == "pgd@8/255"
+    assert budget_name("cw", "l2", 0.5) == "cw@eps=0.5"
+    assert budget_name("cw", "l2", 255 / 255) == "cw@255/255"
+    assert budget_name("jsma", "l0", 2) == "jsma@eps=2"
