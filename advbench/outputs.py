@@ -24,8 +24,9 @@ CSV_TABLES = {
     "interpreters.csv": ("interpreters", ["victim", "interpreter", "plugin", "mask_classifier",
                                           "mask_classifier_accuracy", "n_accuracy_masks", "majority_class_share",
                                           "n_train_masks"]),
-    "attacks.csv": ("attacks", ["attack", "plugin", "norm", "source", "n", "n_correct", "n_success", "success_rate",
-                                "success_rate_correct", "mean_linf", "mean_l2", "mean_l0"]),
+    "attacks.csv": ("attacks", ["attack", "plugin", "norm", "eps", "quantize", "targeted", "source", "n", "n_correct",
+                                "n_success", "success_rate", "success_rate_correct", "quantization_undone",
+                                "mean_linf", "mean_l2", "mean_l0", "median_linf", "median_l2", "median_l0"]),
     "detection.csv": ("detection", ["detector", "interpreter", "attack", "source", "target", "subset", "population",
                                     "n_adversarial", "n_benign", "tpr", "tpr_ci_low", "tpr_ci_high", "tnr",
                                     "tnr_ci_low", "tnr_ci_high", "auroc", "auroc_ci_low", "auroc_ci_high",
@@ -56,6 +57,8 @@ def write_outputs(run_dir: Path, results: dict[str, Any], gallery: list) -> None
         for row in rows:
             flat = dict(row)
             flat.update(row.get("sweep") or {})
+            for name in ("quantize", "targeted"):  # the threat model's switches, one column each
+                flat.setdefault(name, (row.get("threat_model") or {}).get(name))
             for name in ("tpr_ci", "tnr_ci", "auroc_ci"):  # an interval is two columns a spreadsheet can read
                 low, high = row.get(name) or (None, None)
                 flat[f"{name}_low"], flat[f"{name}_high"] = low, high

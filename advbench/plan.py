@@ -285,9 +285,14 @@ class _Builder:
     def attack(self, suite: Any, point: Point, aname: str, source: str, victim: Node) -> dict[str, Any]:
         from advbench.cache import make_key
 
+        from advbench.threat import TEMPLATE_REVISION
+
         areg, aoptions = suite.component("attacks", aname)
+        threat = suite.threat(aname)
+        # the threat model and the template that enforces it decide the stored images as much as the options do
         config = {"options": _options(aoptions), "seed": self.settings.seed, "batch_size": self.settings.batch_size,
-                  "salt": ["attack", aname, source], "subset": self.subset_key, "numerics": self.numerics}
+                  "salt": ["attack", aname, source], "subset": self.subset_key, "numerics": self.numerics,
+                  "threat": threat, "template": TEMPLATE_REVISION}
         base_key = make_key("adversarial", config, [victim.key], identity(areg))
         n = self.subset["n_eval"] + self.subset["n_fit"]
         chunks = []
@@ -297,12 +302,13 @@ class _Builder:
                 chunk_key, "adversarial-chunk", f"{aname} on {source} [{start}:]", self.settings,
                 inputs=_stored(victim), plugin=_with_kind(areg), options=_options(aoptions),
                 params={"attack": aname, "source": source, "victim": victim, "start": start, "size": CHUNK,
-                        "images": self.images("eval+fit")},
+                        "images": self.images("eval+fit"), "threat": threat, "num_classes": self.num_classes},
                 resources={"cpus": 1, "gpus": 0, "memory_mb": 2048})).key)
         self.add(Node(base_key, "adversarial", f"{aname} on {source}", self.settings,
                       inputs=tuple(chunks) + _stored(victim),
                       params={"chunks": chunks, "victim": victim, "images": self.images("eval+fit")}))
-        entry = {"attack": aname, "plugin": areg.name, "norm": areg.cls.norm, "source": source, "key": base_key}
+        entry = {"attack": aname, "plugin": areg.name, "norm": threat["norm"], "threat": threat, "source": source,
+                 "key": base_key}
         point.attacks.append(entry)
         return entry
 

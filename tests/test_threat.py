@@ -16,6 +16,7 @@ from torch import nn
 
 from advbench.api import Attack, Defence, RunContext, ThreatModel
 from advbench.errors import AdvbenchError
+from advbench.stages import draw_targets
 from advbench.suite import budget_name, load_suite
 from advbench.threat import norms, project, quantize
 
@@ -173,6 +174,15 @@ def test_an_adaptive_attack_needs_the_defence_and_gets_it():
     plugin = Adaptive(lambda inp: inp)
     plugin(Threshold(), x, y, RunContext(), threat, defence)
     assert plugin.seen[0][3] == (defence,)
+
+
+def test_the_harness_draws_targets_among_the_other_classes():
+    y = torch.arange(10).repeat(100)
+    targets = draw_targets(y, 10, torch.Generator().manual_seed(0))
+    assert (targets != y).all() and targets.min() >= 0 and targets.max() <= 9
+    counts = torch.bincount((targets - y) % 10, minlength=10)
+    assert counts[0] == 0 and counts[1:].min() > 70  # every other class, about 111 times each
+    assert torch.equal(targets, draw_targets(y, 10, torch.Generator().manual_seed(0)))
 
 
 # ---------------------------------------------------------------------------------------------- the suite
