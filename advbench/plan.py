@@ -284,7 +284,6 @@ class _Builder:
     # ------------------------------------------------------------------ attacks
     def attack(self, suite: Any, point: Point, aname: str, source: str, victim: Node) -> dict[str, Any]:
         from advbench.cache import make_key
-
         from advbench.threat import TEMPLATE_REVISION
 
         areg, aoptions = suite.component("attacks", aname)

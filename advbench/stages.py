@@ -412,12 +412,10 @@ def stage_attack_chunk(node: Node, worker: Worker) -> dict[str, Any]:
         with seeded(batch_ctx.seed, worker.device):
             results.append(attack(model, x[start:start + ctx.batch_size], y[start:start + ctx.batch_size],
                                   batch_ctx, threat))
-    out: dict[str, Any] = {
-        "x": torch.cat([r.adversarial for r in results]) if results else x[:0],
-        "success": torch.cat([r.success for r in results]) if results else torch.zeros(0, dtype=torch.bool),
-        "success_unquantized": torch.cat([r.success_unquantized for r in results]) if results
-        else torch.zeros(0, dtype=torch.bool),
-        "norms": {n: torch.cat([r.norms[n] for r in results]) if results else torch.zeros(0) for n in NORMS}}
+    # a chunk holds at least one image (the plan makes one per CHUNK images of a non-empty set)
+    out: dict[str, Any] = {"x": torch.cat([r.adversarial for r in results]),
+                           "success_unquantized": torch.cat([r.success_unquantized for r in results]),
+                           "norms": {n: torch.cat([r.norms[n] for r in results]) for n in NORMS}}
     if threat.targeted:
         out["target"] = y
     return out
@@ -435,12 +433,15 @@ def stage_attack_merge(node: Node, worker: Worker) -> dict[str, Any]:
     p = node.params
     x, _ = images(worker, p["images"])
     chunks = [worker.load(key, *FIELDS["adversarial-chunk"]) for key in p["chunks"]]
-    x_adv = torch.cat([c["x"] for c in chunks]) if chunks else torch.empty_like(x)
+
+    def joined(part: Callable[[dict], torch.Tensor], empty: torch.Tensor) -> torch.Tensor:
+        return torch.cat([part(c) for c in chunks]) if chunks else empty
+
+    x_adv = joined(lambda c: c["x"], torch.empty_like(x))
     model = load_classifier(p["victim"], worker)
     out = {"x_adv": x_adv, "pred_clean": worker.predict(model, x), "pred_adv": worker.predict(model, x_adv),
-           "success_unquantized": torch.cat([c["success_unquantized"] for c in chunks]) if chunks
-           else torch.zeros(0, dtype=torch.bool),
-           "norms": {n: torch.cat([c["norms"][n] for c in chunks]) if chunks else torch.zeros(0) for n in NORMS}}
+           "success_unquantized": joined(lambda c: c["success_unquantized"], torch.zeros(0, dtype=torch.bool)),
+           "norms": {n: joined(lambda c, n=n: c["norms"][n], torch.zeros(0)) for n in NORMS}}
     if chunks and "target" in chunks[0]:
         out["target"] = torch.cat([c["target"] for c in chunks])
     return out
@@ -537,7 +538,7 @@ def stage_gallery(node: Node, worker: Worker) -> dict[str, Any]:
 # what each stage's artifact holds: an entry without it (written by other code) is discarded and recomputed
 FIELDS = {"victim": ("state_dict",), "mask-classifier": ("state_dict",), "interpreter": ("state_dict",),
           "accuracy": ("accuracy",), "masks": ("masks",), "mask-labels": ("labels",),
-          "adversarial-chunk": ("x", "success", "success_unquantized", "norms"),
+          "adversarial-chunk": ("x", "success_unquantized", "norms"),
           "adversarial": ("x_adv", "pred_clean", "pred_adv", "success_unquantized", "norms"),
           "gallery": ("per_class", "examples"), "transfer": ("pred_clean", "pred_adv")}
 
