@@ -80,6 +80,9 @@ class RunContext:
     # True while an adaptive attacker differentiates through an interpreter or detector: methods that take input
     # gradients keep the graph (``create_graph=True``) and nothing may run under ``torch.no_grad()``
     differentiable: bool = False
+    # the threat model an attack runs under, set by the attack template before it calls ``run``: an attack that
+    # supports targeted attacks reads ``threat.targeted`` to know that ``y`` holds target labels
+    threat: Optional["ThreatModel"] = None
 
     def derive_seed(self, *salt: Any) -> int:
         """A seed for one purpose, stable across runs: the suite seed hashed with the salt."""
@@ -95,7 +98,7 @@ class RunContext:
     def child(self, *salt: Any) -> "RunContext":
         """The same context with a seed derived for a sub-task."""
         return RunContext(self.device, self.batch_size, self.derive_seed(*salt), self.progress, self.checkpoint,
-                          self.differentiable)
+                          self.differentiable, self.threat)
 
     def save_progress(self, state: dict[str, Any]) -> None:
         """Keep a fit's state after an epoch (plain containers and tensors: model, optimizer, RNG states, epoch)."""
@@ -282,7 +285,8 @@ class Attack(Component):
     per-image norms. A plugin's ``run`` need not clip or project: the template does it for every attack.
     ``norm`` names the norm the attack optimises ("linf", "l2" or "l0"); ``knowledge`` is "oblivious" (crafted
     on the victim alone) or "adaptive" (``run`` also gets the ``Defence`` as its fifth argument).
-    ``supports_targeted`` says ``run`` reads ``y`` as target labels when the threat model is targeted.
+    ``supports_targeted`` says ``run`` reads ``y`` as target labels when the threat model is targeted
+    (``ctx.threat.targeted``; the harness draws the targets and validates a suite asking for them).
     """
 
     kind = "attack"

@@ -286,10 +286,14 @@ class _Builder:
     # ------------------------------------------------------------------ attacks
     def attack(self, suite: Any, point: Point, aname: str, source: str, victim: Node) -> dict[str, Any]:
         from advbench.cache import make_key
+        from advbench.threat import TEMPLATE_REVISION
 
         areg, aoptions = suite.component("attacks", aname)
+        threat = suite.threat(aname)
+        # the threat model and the template that enforces it decide the stored images as much as the options do
         config = {"options": _options(aoptions), "seed": self.settings.seed, "batch_size": self.settings.batch_size,
-                  "salt": ["attack", aname, source], "subset": self.subset_key, "numerics": self.numerics}
+                  "salt": ["attack", aname, source], "subset": self.subset_key, "numerics": self.numerics,
+                  "threat": threat, "template": TEMPLATE_REVISION}
         base_key = make_key("adversarial", config, [victim.key], identity(areg))
         n = self.subset["n_eval"] + self.subset["n_fit"]
         chunks = []
@@ -299,13 +303,13 @@ class _Builder:
                 chunk_key, "adversarial-chunk", f"{aname} on {source} [{start}:]", self.settings,
                 inputs=_stored(victim), plugin=_with_kind(areg), options=_options(aoptions),
                 params={"attack": aname, "source": source, "victim": victim, "start": start, "size": CHUNK,
-                        "images": self.images("eval+fit")},
+                        "images": self.images("eval+fit"), "threat": threat, "num_classes": self.num_classes},
                 resources={"cpus": 1, "gpus": 0, "memory_mb": 2048})).key)
         self.add(Node(base_key, "adversarial", f"{aname} on {source}", self.settings,
                       inputs=tuple(chunks) + _stored(victim),
                       params={"chunks": chunks, "victim": victim, "images": self.images("eval+fit")}))
-        entry = {"attack": aname, "plugin": areg.name, "norm": areg.cls.norm, "source": source, "key": base_key,
-                 "knowledge": "oblivious", "threat_model": attack_threat(suite, aname), "steps": _steps(aoptions)}
+        entry = {"attack": aname, "plugin": areg.name, "norm": threat["norm"], "source": source, "key": base_key,
+                 "knowledge": "oblivious", "threat_model": threat, "steps": _steps(aoptions)}
         point.attacks.append(entry)
         return entry
 
@@ -406,7 +410,7 @@ class _Builder:
 
         areg, aoptions = suite.component("attacks", aname)
         dreg, doptions = suite.component("detectors", dname)
-        threat = attack_threat(suite, aname)
+        threat = suite.threat(aname)
         cell = {"detector": dname, "interpreter": iname, "attack": aname, "attack_plugin": areg.name,
                 "knowledge": "adaptive", "source": source, "target": target, "threat_model": threat,
                 "steps": _steps(aoptions), "gradient": dreg.cls.adaptive_gradient or None, "fit_attack": None}
@@ -444,7 +448,7 @@ class _Builder:
         n_eval = self.subset["n_eval"]
         config = {"options": _options(aoptions), "seed": self.settings.seed, "batch_size": self.settings.batch_size,
                   "salt": ["adaptive", aname, dname, iname, target], "subset": self.subset_key,
-                  "numerics": self.numerics, "threat_model": threat, "template": TEMPLATE_REVISION,
+                  "numerics": self.numerics, "threat": threat, "template": TEMPLATE_REVISION,
                   "fpr": ADAPTIVE_FPR, "gradient": dreg.cls.adaptive_gradient}
         base_key = make_key("adversarial", config, [victim.key, fit_key, calibration_key], identity(areg))
         reads = defence["env_inputs"] + (calibration_key,) + ((fit_adv["key"],) if fit_adv else ())
@@ -461,7 +465,8 @@ class _Builder:
                 chunk_key, "adversarial-chunk", f"{label} [{start}:]", self.settings, inputs=reads,
                 plugin=_with_kind(areg), options=_options(aoptions),
                 params={"attack": aname, "source": target, "victim": victim, "start": start, "size": CHUNK,
-                        "images": self.images("eval"), "threat_model": threat, "defence": detector},
+                        "images": self.images("eval"), "threat": threat, "num_classes": self.num_classes,
+                        "defence": detector},
                 resources={"cpus": 1, "gpus": 0, "memory_mb": 4096})).key)
         self.add(Node(base_key, "adversarial", label, self.settings, inputs=tuple(chunks) + _stored(victim),
                       params={"chunks": chunks, "victim": victim, "images": self.images("eval")}))
@@ -486,7 +491,7 @@ class _Builder:
                           params={"interp": interp["interp"], "f2": interp["f2"],
                                   "progress": f"f2 labels {aname} (adaptive)", "images": adv_set}))
             benign_labels = interp["eval_labels"]
-        point.attacks.append({"attack": aname, "plugin": areg.name, "norm": areg.cls.norm, "source": target,
+        point.attacks.append({"attack": aname, "plugin": areg.name, "norm": threat["norm"], "source": target,
                               "key": base_key, "knowledge": "adaptive", "detector": dname, "interpreter": iname,
                               "threat_model": threat, "steps": _steps(aoptions)})
         point.detections.append({
@@ -562,12 +567,6 @@ def _steps(options: Any) -> Optional[int]:
     """An attack's iteration budget where its options name one (the sanity checks compare step counts)."""
     value = getattr(options, "steps", None)
     return int(value) if isinstance(value, int) else None
-
-
-def attack_threat(suite: Any, aname: str) -> dict[str, Any]:
-    """The threat model an attack runs under, as plain data (placeholder until the suite carries one)."""
-    areg, aoptions = suite.component("attacks", aname)
-    return {"norm": areg.cls.norm, "eps": getattr(aoptions, "eps", None), "quantize": True, "targeted": False}
 
 
 def _stored(node: Node) -> tuple[str, ...]:

@@ -28,7 +28,7 @@ from typing import Any, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-SCHEMA_VERSION = "1.1"
+SCHEMA_VERSION = "1.1"  # 1.1: attack rows record their threat model; security, sanity_checks, comparisons
 PRE_SCHEMA_VERSION = "0"  # what a results.json written before schema_version existed loads as
 
 __all__ = ["SCHEMA_VERSION", "Results", "VictimRow", "InterpreterRow", "AttackRow", "DetectionRow", "WorstCaseRow",
@@ -107,6 +107,16 @@ class InterpreterRow(Row):
     sweep: Optional[Sweep] = None
 
 
+class ThreatModelRow(Row):
+    """The threat model an attack ran under (the suite's ``threat_model``, resolved for that attack)."""
+
+    norm: str = Field(description="linf, l2 or l0")
+    eps: Optional[float] = Field(description="the budget in that norm; null: unbounded")
+    quantize: bool = Field(description="outputs rounded onto the data's intensity grid")
+    targeted: bool = Field(description="success means reaching a harness-drawn target label")
+    levels: Optional[int] = Field(None, description="the data's grid: intensities are multiples of 1/levels")
+
+
 class AttackRow(Row):
     """One (attack, source victim) on the evaluation images."""
 
@@ -124,9 +134,16 @@ class AttackRow(Row):
         None, description="per other victim these inputs were evaluated against: n_target_correct, n_fools_target, "
                           "fools_target_rate and transfer_rate (of the inputs fooling the source, the share fooling "
                           "the target too)")
+    threat_model: Optional[ThreatModelRow] = None
+    eps: Optional[float] = Field(None, description="the threat model's budget (null: unbounded)")
+    quantization_undone: Optional[int] = Field(None, description="inputs the attack's raw output fooled that the "
+                                               "quantised (submitted) image does not: counted as failures")
     mean_linf: Optional[float]
     mean_l2: Optional[float]
     mean_l0: Optional[float]
+    median_linf: Optional[float] = None
+    median_l2: Optional[float] = None
+    median_l0: Optional[float] = None
     l0_unit: Optional[str] = None
     sweep: Optional[Sweep] = None
 
@@ -212,15 +229,6 @@ class WorstCaseRow(Metrics):
     sweep: Optional[Sweep] = None
 
 
-class ThreatModel(Row):
-    """What the attacker was allowed (advbench.api.ThreatModel, without the data's intensity levels)."""
-
-    norm: Optional[str] = None
-    eps: Optional[float] = Field(None, description="the budget in the norm; null for an unbounded attack")
-    quantize: Optional[bool] = None
-    targeted: Optional[bool] = None
-
-
 class SecurityRow(Row):
     """One (detector, attack, knowledge, eps) on one target victim: attack success with and without the detector.
 
@@ -238,7 +246,7 @@ class SecurityRow(Row):
                                        "too")
     norm: Optional[str]
     eps: Optional[float] = Field(description="null for an unbounded attack")
-    threat_model: ThreatModel
+    threat_model: ThreatModelRow
     steps: Optional[int] = Field(description="the attack's iterations; null where it has none")
     gradient: Optional[str] = Field(description='how the attack differentiates the defence: "exact", "bpda", "eot"')
     fit_attack: Optional[str] = Field(description="the attack the detector was fitted on; null if none")

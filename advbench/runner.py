@@ -28,7 +28,9 @@ from advbench.errors import AdvbenchError
 from advbench.outputs import write_outputs
 from advbench.plan import ADAPTIVE_FPR, Node, Plan, Point, Settings, build_plan, data_node
 from advbench.devices import resolve_device
-from advbench.stages import InputMissing, expected_fields, has_fields, load_dataset, run_node, subset_indices
+from advbench.stages import (InputMissing, attack_success, expected_fields, has_fields, load_dataset, run_node,
+                             subset_indices)
+from advbench.threat import NORMS, l0_unit
 from advbench.suite import Suite
 
 log = logging.getLogger("advbench.run")
@@ -253,30 +255,40 @@ class Assembler:
     def attack_row(self, entry: dict[str, Any], adv: dict[str, Any], sweep: dict[str, Any]) -> dict[str, Any]:
         n_eval = len(self.eval_x)
         y = torch.cat([self.eval_y, self.fit_y])[:len(adv["pred_clean"])]  # adaptive sets: evaluation images only
-        # an attack succeeds on an input the victim classified correctly and now misclassifies
-        success = (adv["pred_clean"] == y) & (adv["pred_adv"] != y)
-        ok = success[:n_eval]
-        d = (adv["x_adv"][:n_eval] - self.eval_x).flatten(1)[ok]
+        # an attack succeeds on an input the victim classified correctly and now misclassifies (a targeted one:
+        # now gives the target)
+        ok = attack_success(adv, y)[:n_eval]
+        correct = adv["pred_clean"][:n_eval] == y[:n_eval]
+        # successes on the attack's raw output that rounding onto the data's grid undid: counted, not hidden
+        undone = correct & adv["success_unquantized"][:n_eval] & ~ok
+        norms = {name: values[:n_eval][ok] for name, values in adv["norms"].items()}
+        threat = entry["threat_model"]
         against = {"detector": entry["detector"], "interpreter": entry["interpreter"]} \
             if entry.get("knowledge") == "adaptive" else {}
+
+        def summary(how: str, name: str) -> Optional[float]:
+            values = norms[name]
+            if not len(values):
+                return None
+            return float(values.mean() if how == "mean" else values.median())
+
         return {"attack": entry["attack"], "plugin": entry["plugin"], "norm": entry["norm"], "source": entry["source"],
-                "knowledge": entry.get("knowledge", "oblivious"), **against,
-                "threat_model": entry.get("threat_model"), "steps": entry.get("steps"), "n": n_eval, "n_success": int(ok.sum()),
+                "knowledge": entry.get("knowledge", "oblivious"), **against, "steps": entry.get("steps"),
+                "threat_model": {k: threat[k] for k in ("norm", "eps", "quantize", "targeted", "levels")},
+                "eps": threat["eps"], "n": n_eval, "n_success": int(ok.sum()),
                 "success_rate": float(ok.float().mean()) if n_eval else None,
-                "n_correct": int((adv["pred_clean"][:n_eval] == y[:n_eval]).sum()),
+                "n_correct": int(correct.sum()),
                 # the field's convention: of the inputs the victim classified correctly, the share it now gets wrong
-                "success_rate_correct": float(ok.sum() / max(1, int((adv["pred_clean"][:n_eval] == y[:n_eval]).sum())))
-                if n_eval else None,
-                "mean_linf": float(d.abs().amax(1).mean()) if len(d) else None,
-                "mean_l2": float(d.norm(dim=1).mean()) if len(d) else None,
-                "mean_l0": float((d.abs() > 1e-6).float().sum(1).mean()) if len(d) else None,
-                "l0_unit": "input elements (C x H x W) changed by more than 1e-6", **sweep}
+                "success_rate_correct": float(ok.sum() / max(1, int(correct.sum()))) if n_eval else None,
+                "quantization_undone": int(undone.sum()),
+                **{f"{how}_{name}": summary(how, name) for how in ("mean", "median") for name in NORMS},
+                "l0_unit": l0_unit(threat["levels"]), **sweep}
 
     def transfer(self, adv: dict[str, Any], target: dict[str, torch.Tensor]) -> dict[str, Any]:
         """How the source's adversarial inputs fare against another victim (the evaluation images)."""
         n_eval = len(self.eval_x)
         y = self.eval_y
-        fools_source = ((adv["pred_clean"][:n_eval] == y) & (adv["pred_adv"][:n_eval] != y))
+        fools_source = attack_success(adv, torch.cat([y, self.fit_y]))[:n_eval]
         target_correct = target["pred_clean"] == y
         fools_target = target_correct & (target["pred_adv"] != y)
         both = fools_source & target_correct
@@ -298,8 +310,7 @@ class Assembler:
                                                                 d.get("transfer")):
                 continue
             adv = attacks[d["attack_key"]]
-            n_adv = len(adv["pred_clean"])
-            success = ((adv["pred_clean"] == y[:n_adv]) & (adv["pred_adv"] != y[:n_adv]))[:n_eval]
+            success = attack_success(adv, y)[:n_eval]
             benign = self.driver.load(d["benign"])["benign"]
             scores = {"benign": benign, "adversarial": self.driver.load(d["adversarial"])["adversarial"]}
             calibration = self.driver.load(d["calibration"])["calibration"]["score"] if d.get("calibration") else None

@@ -100,8 +100,9 @@ from advbench import api
 class {cls}(api.Attack):
     """One signed-gradient step of size ``eps`` in l-inf (FGSM-like); replace ``run`` with your attack.
 
-    ``run`` gets one batch on ``ctx.device`` and returns adversarial images of the same shape in [0, 1]; the
-    harness batches, clips and decides which succeeded.
+    ``run`` gets one batch on ``ctx.device`` (detached, contiguous, gradients enabled) and returns adversarial
+    images of the same shape; the attack template clips them to [0, 1], projects them onto the threat model's
+    ball (``ctx.threat``), rounds them onto the data's grid and decides which succeeded.
     """
 
     name = "{name}"
@@ -113,10 +114,9 @@ class {cls}(api.Attack):
         eps: float = Field(8 / 255, gt=0.0, le=1.0)
 
     def run(self, model, x, y, ctx):
-        with torch.enable_grad():
-            x_adv = x.detach().clone().requires_grad_(True)
-            (grad,) = torch.autograd.grad(F.cross_entropy(model(x_adv), y, reduction="sum"), x_adv)
-        return (x + self.options.eps * grad.sign()).clamp(0.0, 1.0).detach()
+        x_adv = x.clone().requires_grad_(True)
+        (grad,) = torch.autograd.grad(F.cross_entropy(model(x_adv), y, reduction="sum"), x_adv)
+        return (x + self.options.eps * grad.sign()).detach()
 ''',
     "detector": '''\
 import torch

@@ -22,12 +22,13 @@ import torch
 from torch import nn
 
 from advbench import plugins
-from advbench.api import DataSplits, Defence, DetectorEnv, ProgressStore, RunContext
-from advbench.boundary import check_adversarial, check_data, check_logits, check_masks, check_scores
+from advbench.api import DataSplits, Defence, DetectorEnv, ProgressStore, RunContext, ThreatModel
+from advbench.boundary import check_data, check_logits, check_masks, check_scores
 from advbench.cache import Cache, make_key
 from advbench.devices import resolve_device
 from advbench.errors import AdvbenchError
 from advbench.plan import Node, Settings
+from advbench.threat import NORMS
 
 log = logging.getLogger("advbench.run")
 
@@ -400,26 +401,37 @@ def stage_mask_labels(node: Node, worker: Worker) -> dict[str, Any]:
 
 
 def stage_attack_chunk(node: Node, worker: Worker) -> dict[str, Any]:
+    """One chunk of an attack's images through the attack template, under the node's threat model."""
     p = node.params
     attack = _instance(node.plugin, node.options)
     model = load_classifier(p["victim"], worker)
     x, y = images(worker, p["images"])
     x, y = x[p["start"]:p["start"] + p["size"]], y[p["start"]:p["start"] + p["size"]]
     ctx = worker.ctx("attack", p["attack"], p["source"], p["start"])
+    threat = ThreatModel(**p["threat"])
+    if threat.targeted:
+        y = draw_targets(y, p["num_classes"], ctx.generator("targets"))
+    # an adaptive attack's view of the defence: built once per chunk, the detector fitted once per process
     defence = build_defence(worker, p["defence"]) if p.get("defence") else None
-    out = []
+    results = []
     for start in range(0, len(x), ctx.batch_size):
-        xb = x[start:start + ctx.batch_size].to(worker.device)
-        yb = y[start:start + ctx.batch_size].to(worker.device)
         batch_ctx = ctx.child(start)
         with seeded(batch_ctx.seed, worker.device):
-            if defence is not None:
-                adv = attack.run(model, xb, yb, batch_ctx, defence)
-            else:
-                adv = attack.run(model, xb, yb, batch_ctx)
-            adv = check_adversarial(node.plugin, adv, xb).detach()
-        out.append(adv.clamp(0, 1).cpu())
-    return {"x": torch.cat(out) if out else x[:0]}
+            results.append(attack(model, x[start:start + ctx.batch_size], y[start:start + ctx.batch_size],
+                                  batch_ctx, threat, defence))
+    # a chunk holds at least one image (the plan makes one per CHUNK images of a non-empty set)
+    out: dict[str, Any] = {"x": torch.cat([r.adversarial for r in results]),
+                           "success_unquantized": torch.cat([r.success_unquantized for r in results]),
+                           "norms": {n: torch.cat([r.norms[n] for r in results]) for n in NORMS}}
+    if threat.targeted:
+        out["target"] = y
+    return out
+
+
+def draw_targets(y: torch.Tensor, num_classes: int, generator: torch.Generator) -> torch.Tensor:
+    """A target label per input, uniform among the classes other than its own."""
+    offset = torch.randint(0, num_classes - 1, (len(y),), generator=generator)
+    return (y + 1 + offset) % num_classes
 
 
 def build_defence(worker: Worker, spec: dict[str, Any]) -> Defence:
@@ -441,13 +453,23 @@ def build_defence(worker: Worker, spec: dict[str, Any]) -> Defence:
 
 
 def stage_attack_merge(node: Node, worker: Worker) -> dict[str, Any]:
-    """An attack's chunks as one adversarial set, with the victim's labels before and after."""
+    """An attack's chunks as one adversarial set, with the victim's labels before and after, and what the
+    template recorded per image (success before quantisation, norms, targets of a targeted attack)."""
     p = node.params
     x, _ = images(worker, p["images"])
-    chunks = [worker.load(key, "x")["x"] for key in p["chunks"]]
-    x_adv = torch.cat(chunks) if chunks else torch.empty_like(x)
+    chunks = [worker.load(key, *FIELDS["adversarial-chunk"]) for key in p["chunks"]]
+
+    def joined(part: Callable[[dict], torch.Tensor], empty: torch.Tensor) -> torch.Tensor:
+        return torch.cat([part(c) for c in chunks]) if chunks else empty
+
+    x_adv = joined(lambda c: c["x"], torch.empty_like(x))
     model = load_classifier(p["victim"], worker)
-    return {"x_adv": x_adv, "pred_clean": worker.predict(model, x), "pred_adv": worker.predict(model, x_adv)}
+    out = {"x_adv": x_adv, "pred_clean": worker.predict(model, x), "pred_adv": worker.predict(model, x_adv),
+           "success_unquantized": joined(lambda c: c["success_unquantized"], torch.zeros(0, dtype=torch.bool)),
+           "norms": {n: joined(lambda c, n=n: c["norms"][n], torch.zeros(0)) for n in NORMS}}
+    if chunks and "target" in chunks[0]:
+        out["target"] = torch.cat([c["target"] for c in chunks])
+    return out
 
 
 def stage_transfer(node: Node, worker: Worker) -> dict[str, Any]:
@@ -468,7 +490,7 @@ def fitted_detector(plugin: dict[str, str], options: dict[str, Any], p: dict[str
         if p["fit_adversarial"] is not None:
             adv = worker.load(p["fit_adversarial"], "x_adv", "pred_clean", "pred_adv")
             n_eval = p["fit_images"]["subset"]["n_eval"]
-            ok = _success(adv, images(worker, p["eval_fit_images"])[1])[n_eval:]
+            ok = attack_success(adv, images(worker, p["eval_fit_images"])[1])[n_eval:]
             fit_adv = adv["x_adv"][n_eval:][ok]
         else:
             fit_adv = fit_x[:0]
@@ -479,9 +501,12 @@ def fitted_detector(plugin: dict[str, str], options: dict[str, Any], p: dict[str
     return DETECTORS.get(f"{p['fit_key']}@{worker.device}", fit)
 
 
-def _success(adv: dict[str, torch.Tensor], y: torch.Tensor) -> torch.Tensor:
-    """An attack succeeds on an input the victim classified correctly and now misclassifies."""
-    return (adv["pred_clean"] == y) & (adv["pred_adv"] != y)
+def attack_success(adv: dict[str, torch.Tensor], y: torch.Tensor) -> torch.Tensor:
+    """An attack succeeds on an input the victim classified correctly and now misclassifies; a targeted attack
+    (its set holds ``target``) only where the victim now gives the target."""
+    y = y[:len(adv["pred_clean"])]  # an adaptive set covers the evaluation images only
+    hit = adv["pred_adv"] == adv["target"] if "target" in adv else adv["pred_adv"] != y
+    return (adv["pred_clean"] == y) & hit
 
 
 def stage_scores(node: Node, worker: Worker) -> dict[str, Any]:
@@ -530,7 +555,7 @@ def stage_gallery(node: Node, worker: Worker) -> dict[str, Any]:
         for aname, key in p["adversarial"].items():
             adv = worker.load(key, "x_adv", "pred_clean", "pred_adv")
             entry = describe(adv["x_adv"][:n_examples])
-            entry["success"] = _success(adv, images(worker, p["eval_fit_images"])[1])[:n_examples].clone()
+            entry["success"] = attack_success(adv, images(worker, p["eval_fit_images"])[1])[:n_examples].clone()
             examples["adversarial"][aname] = entry
     return {"victim": p["interp"]["target"], "interpreter": p["interp"]["name"], "classes": list(p["classes"]),
             "per_class": per_class, "examples": examples}
@@ -538,9 +563,10 @@ def stage_gallery(node: Node, worker: Worker) -> dict[str, Any]:
 
 # what each stage's artifact holds: an entry without it (written by other code) is discarded and recomputed
 FIELDS = {"victim": ("state_dict",), "mask-classifier": ("state_dict",), "interpreter": ("state_dict",),
-          "accuracy": ("accuracy",), "masks": ("masks",), "mask-labels": ("labels",), "adversarial-chunk": ("x",),
-          "adversarial": ("x_adv", "pred_clean", "pred_adv"), "gallery": ("per_class", "examples"),
-          "transfer": ("pred_clean", "pred_adv")}
+          "accuracy": ("accuracy",), "masks": ("masks",), "mask-labels": ("labels",),
+          "adversarial-chunk": ("x", "success_unquantized", "norms"),
+          "adversarial": ("x_adv", "pred_clean", "pred_adv", "success_unquantized", "norms"),
+          "gallery": ("per_class", "examples"), "transfer": ("pred_clean", "pred_adv")}
 
 
 def expected_fields(node: Node) -> tuple[str, ...]:

@@ -32,6 +32,21 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+class ThreatModelSpec(_Strict):
+    """What the attacker may do, for the run (top level) or one attack (overriding the top level field by field).
+
+    A field left out falls back to the top level, then to the attack's own: its plugin's norm, its ``eps`` option
+    where it has one (else unbounded), quantisation on, untargeted.
+    """
+
+    norm: Optional[Literal["linf", "l2", "l0"]] = Field(None, description="the norm the budget is measured in")
+    eps: Any = Field(None, description="the budget: a number >= 0 ([0, 1] input units for linf and l2, at most 1 "
+                     "for linf; input elements for l0), null for unbounded, or a list of numbers: one attack per "
+                     "budget, named NAME@2/255 or NAME@eps=0.5")
+    quantize: bool = Field(True, description="round adversarial inputs onto the data's intensity grid (8-bit)")
+    targeted: bool = Field(False, description="ask for a harness-drawn target label instead of any wrong one")
+
+
 class ComponentSpec(_Strict):
     """One component of the grid: which plugin, with which options. ``plugin`` defaults to the entry's key."""
 
@@ -43,6 +58,8 @@ class ComponentSpec(_Strict):
                                             "its f2 on this many training images (for slow interpreters)")
     n_mask_eval: Optional[int] = Field(None, ge=1, description="interpreters: measure f2's accuracy on this many "
                                        "test masks (overrides evaluation.n_mask_eval)")
+    threat_model: Optional[ThreatModelSpec] = Field(None, description="attacks: this attack's threat model, "
+                                                    "overriding the top level's fields it sets")
 
 
 class PairSpec(_Strict):
@@ -82,6 +99,7 @@ class SuiteSpec(_Strict):
     attacks: dict[str, ComponentSpec] = Field(min_length=1)
     detectors: dict[str, ComponentSpec] = Field(min_length=1)
     evaluation: EvaluationSpec
+    threat_model: Optional[ThreatModelSpec] = Field(None, description="the threat model of every attack")
     # a grid (every combination of the values), or a list of grids run one after another (e.g. one field at a
     # time around the suite's own setting); a point two grids share runs once
     sweep: Union[dict[str, list[Any]], list[dict[str, list[Any]]]] = Field(default_factory=dict)
@@ -151,6 +169,9 @@ class Suite:
         self.components: dict[tuple[str, str], tuple[plugins.Registration, Any]] = {}
         # interpreters, attacks and detectors whose plugin is broken: the run marks their cells failed and goes on
         self.broken: dict[tuple[str, str], str] = {}
+        # each attack's resolved threat model; an eps list makes one attack per budget, named after it
+        self.threats: dict[str, dict[str, Any]] = {}
+        attacks: dict[str, ComponentSpec] = {}
         for section, kind in SECTIONS.items():
             value = getattr(self.spec, section)
             entries = value.items() if isinstance(value, dict) else [(None, value)]
@@ -166,17 +187,106 @@ class Suite:
                     if section not in CELLS:  # the whole grid needs it
                         raise SuiteError(source, f"{path}.plugin", str(exc)) from None
                     self.broken[(section, key or "")] = f"{path}.plugin: {exc}"
+                    if section == "attacks":
+                        attacks[key] = spec
                     continue
                 except plugins.PluginError as exc:
                     raise SuiteError(source, f"{path}.plugin", str(exc)) from None
+                if section == "attacks":
+                    for name, budget, budget_at in self._budgets(key, spec, reg):
+                        if name in attacks or (name != key and name in self.spec.attacks):
+                            raise SuiteError(source, budget_at, f"makes attack {name!r}, which the suite already "
+                                             "has; allowed: budgets that name distinct attacks")
+                        attacks[name] = spec
+                        self.threats[name], options = self._attack_threat(key, spec, reg, budget, budget_at)
+                        self.components[(section, name)] = (reg, options)
+                    continue
                 options = _validate_options(source, f"{path}.options", reg, spec.options)
                 self.components[(section, key or "")] = (reg, options)
+        self.spec = self.spec.model_copy(update={"attacks": attacks})
         self._check_references()
         if self.spec.sweep:
             self.points()  # every point validates now, before anything runs
 
     def component(self, section: str, key: str = "") -> tuple[plugins.Registration, Any]:
         return self.components[(section, key)]
+
+    def threat(self, attack: str) -> dict[str, Any]:
+        """The threat model ``attack`` runs under, as plain data: norm, eps, quantize, targeted and the data's
+        grid (levels)."""
+        return dict(self.threats[attack])
+
+    def _budgets(self, key: str, spec: ComponentSpec,
+                 reg: plugins.Registration) -> list[tuple[str, Any, Optional[str]]]:
+        """(attack name, eps, the field that set it) per budget of the attack ``key``: one entry named ``key``
+        for a single budget (or none set: ``UNSET``), one per element, named after it, for an eps list."""
+        budget, budget_at = self._chosen(key, spec, "eps")
+        allowed = "allowed: a number >= 0, null (unbounded) or a non-empty list of numbers >= 0"
+        if not isinstance(budget, list):
+            if budget is not UNSET and budget is not None and not _is_budget(budget):
+                raise SuiteError(self.source, budget_at, f"found {_short(budget)}; {allowed}")
+            return [(key, budget, budget_at)]
+        if not budget:
+            raise SuiteError(self.source, budget_at, f"an empty list; {allowed}")
+        norm = self._chosen(key, spec, "norm")[0]
+        norm = reg.cls.norm if norm in (UNSET, None) else norm
+        out = []
+        for i, eps in enumerate(budget):
+            if not _is_budget(eps):
+                raise SuiteError(self.source, f"{budget_at}.{i}", f"found {_short(eps)}; {allowed}")
+            out.append((budget_name(key, norm, eps), eps, f"{budget_at}.{i}"))
+        return out
+
+    def _chosen(self, key: str, spec: ComponentSpec, field: str) -> tuple[Any, Optional[str]]:
+        """A threat model field the suite sets for attack ``key`` (null included), and where: its own block
+        first, then the top level's; (UNSET, None) where neither sets it."""
+        for threat, at in ((spec.threat_model, f"attacks.{key}.threat_model"),
+                           (self.spec.threat_model, "threat_model")):
+            if threat is not None and field in threat.model_fields_set:
+                return getattr(threat, field), f"{at}.{field}"
+        return UNSET, None
+
+    def _attack_threat(self, key: str, spec: ComponentSpec, reg: plugins.Registration, budget: Any,
+                       budget_at: Optional[str]) -> tuple[dict[str, Any], Any]:
+        """The resolved threat model of one attack (one budget of it) and its options, the budget filled into an
+        ``eps`` option the suite leaves unset; each disagreement is a SuiteError naming the field."""
+        path, plugin = f"attacks.{key}", f"attack {key!r} (plugin {reg.name!r})"
+        norm, norm_at = self._chosen(key, spec, "norm")
+        if norm in (UNSET, None):
+            norm = reg.cls.norm if reg.cls.norm in THREAT_NORMS else "linf"
+        elif reg.cls.norm and norm != reg.cls.norm:
+            raise SuiteError(self.source, norm_at, f"found {norm!r}, but {plugin} attacks under {reg.cls.norm}; "
+                             f"allowed: {reg.cls.norm}")
+        targeted, targeted_at = self._chosen(key, spec, "targeted")
+        targeted = targeted is True
+        if targeted and not reg.cls.supports_targeted:
+            raise SuiteError(self.source, targeted_at, f"true, but {plugin} does not support targeted attacks; "
+                             "allowed: false for this attack")
+        quantize = self._chosen(key, spec, "quantize")[0]
+        if budget_at is not None and budget is not None:
+            if norm == "linf" and budget > 1:
+                raise SuiteError(self.source, budget_at, f"found {budget!r} for the linf norm; allowed: a number "
+                                 "in [0, 1] ([0, 1] input units)")
+            if norm == "l0" and float(budget) != int(budget):
+                raise SuiteError(self.source, budget_at, f"found {budget!r} for the l0 norm; allowed: a whole "
+                                 "number of input elements")
+        options = dict(spec.options)
+        has_eps = "eps" in reg.cls.Options.model_fields
+        if has_eps and budget_at is not None:
+            if "eps" in options:
+                own = _validate_options(self.source, f"{path}.options", reg, options).eps
+                if budget is None or abs(float(own) - float(budget)) > 1e-12:
+                    raise SuiteError(self.source, f"{path}.options.eps", f"found {own!r}, which disagrees with the "
+                                     f"threat model's eps {budget!r} ({budget_at}); set eps in threat_model only")
+            elif budget is not None:
+                options["eps"] = budget  # the plugin crafts with the harness's budget
+        validated = _validate_options(self.source, f"{path}.options", reg, options)
+        if budget_at is None:  # no threat model sets it: the attack's own budget, if it has one
+            budget = getattr(validated, "eps", None) if has_eps else None
+        levels = self.component("dataset")[0].cls.levels
+        return ({"norm": norm, "eps": None if budget is None else float(budget),
+                 "quantize": quantize is not False, "targeted": targeted,
+                 "levels": levels}, validated)
 
     def usable(self, section: str) -> list[str]:
         """The entries of a cells section whose plugin loaded (a broken one's cells are failed by the run)."""
@@ -192,6 +302,9 @@ class Suite:
                 for field in ("mask_train_limit", "n_mask_eval"):
                     if getattr(spec, field) is not None and section != "interpreters":
                         raise SuiteError(self.source, f"{path}.{field}", "allowed only for interpreters")
+                if spec.threat_model is not None and section != "attacks":
+                    raise SuiteError(self.source, f"{path}.threat_model", "allowed only for attacks (and at the "
+                                     "top level)")
         detectors = [self.component("detectors", k)[0].cls for k in self.spec.detectors
                      if ("detectors", k) not in self.broken]
         if any(d.needs_interpreter for d in detectors) and not self.spec.interpreters:
@@ -261,6 +374,24 @@ class Suite:
                     seen.add(identity)
                     result.append((point, suite))
         return result
+
+
+UNSET = object()  # no threat model block sets eps: the attack's own eps option, if any, is the budget
+THREAT_NORMS = ("linf", "l2", "l0")
+
+
+def _is_budget(value: Any) -> bool:
+    """A finite number >= 0 (not a bool: YAML's yes/no would read as 1/0)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value < float("inf")
+
+
+def budget_name(attack: str, norm: str, eps: float) -> str:
+    """The name of one budget of an attack with an eps list: ``pgd@2/255`` for linf and l2 budgets on the
+    8-bit grid (whole multiples of 1/255, to 1e-9), ``pgd@eps=0.5`` otherwise."""
+    steps = round(eps * 255)
+    if norm in ("linf", "l2") and abs(eps - steps / 255) <= 1e-9:
+        return f"{attack}@{steps}/255"
+    return f"{attack}@eps={int(eps) if float(eps).is_integer() else float(eps)!r}"
 
 
 def load_suite(path: str | Path, overrides: Optional[list[str]] = None) -> Suite:

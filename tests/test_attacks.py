@@ -1,4 +1,5 @@
-"""The built-in attacks, driven by one table: every row gets the same contract tests.
+"""The built-in attacks, driven by one table: every row gets the same contract tests, through the attack
+template (``Attack.__call__``) as the harness calls them, under a threat model on the digits' 1/16 grid.
 
 The victim is a tiny CNN trained for a few seconds on sklearn's 8x8 digits (module-scoped fixture).
 """
@@ -11,20 +12,22 @@ import pytest
 import torch
 from torch import nn
 
-from advbench.api import Attack, RunContext
+from advbench.api import Attack, AttackResult, RunContext, ThreatModel
 from advbench.plugins import lookup
 
-# (attack name, options, least success rate expected on the digits model)
+# (attack name, options, least success rate expected on the digits model before quantisation, the threat
+# model's budget in the attack's norm)
 ATTACKS = [
-    ("fgsm", {"eps": 0.3}, 0.9),
-    ("bim", {"eps": 0.2, "alpha": 0.02, "steps": 20}, 0.9),
-    ("pgd", {"eps": 0.2, "alpha": 0.02, "steps": 20}, 0.9),
-    ("cw", {"binary_search_steps": 5, "steps": 50, "stepsize": 0.05}, 0.9),
-    ("deepfool", {"steps": 50}, 0.9),
-    ("jsma", {"gamma": 0.5}, 0.85),
+    ("fgsm", {"eps": 0.3}, 0.9, 0.3),
+    ("bim", {"eps": 0.2, "alpha": 0.02, "steps": 20}, 0.9, 0.2),
+    ("pgd", {"eps": 0.2, "alpha": 0.02, "steps": 20}, 0.9, 0.2),
+    ("cw", {"binary_search_steps": 5, "steps": 50, "stepsize": 0.05}, 0.9, 2.0),
+    ("deepfool", {"steps": 50}, 0.9, 2.0),
+    ("jsma", {"gamma": 0.5}, 0.85, 32),
 ]
 IDS = [row[0] for row in ATTACKS]
 N_IMAGES = 48
+LEVELS = 16  # the digits' grid
 
 
 class TinyCNN(nn.Module):
@@ -77,14 +80,19 @@ def make(name: str, options: dict) -> Attack:
     return lookup("attack", name).cls(**options)
 
 
-_cache: dict[tuple, torch.Tensor] = {}
+def threat_for(name: str, eps) -> ThreatModel:
+    return ThreatModel(norm=lookup("attack", name).cls.norm, eps=eps, levels=LEVELS)
 
 
-def attack_once(name: str, options: dict, digits, seed: int = 0) -> torch.Tensor:
+_cache: dict[tuple, AttackResult] = {}
+
+
+def attack_once(name: str, options: dict, digits, seed: int = 0, eps=None) -> AttackResult:
+    """The attack through the template, once per (attack, options, seed, budget) in this module."""
     model, x, y = digits
-    key = (name, tuple(sorted(options.items())), seed)
+    key = (name, tuple(sorted(options.items())), seed, eps)
     if key not in _cache:
-        _cache[key] = make(name, options).run(model, x.clone(), y.clone(), RunContext(seed=seed))
+        _cache[key] = make(name, options)(model, x.clone(), y.clone(), RunContext(seed=seed), threat_for(name, eps))
     return _cache[key]
 
 
@@ -93,8 +101,8 @@ def success(model: nn.Module, x_adv: torch.Tensor, y: torch.Tensor) -> torch.Ten
         return model(x_adv).argmax(1) != y
 
 
-@pytest.mark.parametrize("name,options,least", ATTACKS, ids=IDS)
-def test_metadata(name, options, least):
+@pytest.mark.parametrize("name,options,least,eps", ATTACKS, ids=IDS)
+def test_metadata(name, options, least, eps):
     cls = lookup("attack", name).cls
     assert cls.norm in ("linf", "l2", "l0")
     assert cls.description and "\n" not in cls.description
@@ -105,39 +113,61 @@ def test_metadata(name, options, least):
     cls.Options(**options)  # the table's options validate
 
 
-@pytest.mark.parametrize("name,options,least", ATTACKS, ids=IDS)
-def test_output_contract_and_success(name, options, least, digits):
+@pytest.mark.parametrize("name,options,least,eps", ATTACKS, ids=IDS)
+def test_through_the_template_on_grid_and_in_the_ball(name, options, least, eps, digits):
     model, x, y = digits
-    x_adv = attack_once(name, options, digits)
+    result = attack_once(name, options, digits, eps=eps)
+    x_adv = result.adversarial
     assert x_adv.shape == x.shape and x_adv.dtype == x.dtype and x_adv.device == x.device
     assert not x_adv.requires_grad
     assert x_adv.min() >= 0 and x_adv.max() <= 1
-    rate = success(model, x_adv, y).float().mean().item()
-    assert rate >= least, f"{name}: success {rate:.2f} < {least}"
-    if make(name, options).norm == "linf":
-        assert (x_adv - x).abs().max() <= options["eps"] + 1e-6
+    steps = x_adv * LEVELS
+    assert torch.equal(steps, steps.round()), f"{name}: an output off the 1/{LEVELS} grid"
+    norm = make(name, options).norm
+    measured = {"linf": (x_adv - x).flatten(1).abs().amax(1), "l2": (x_adv - x).flatten(1).norm(dim=1),
+                "l0": (x_adv != x).flatten(1).sum(1).float()}[norm]
+    assert measured.max() <= eps + 1e-5, f"{name}: {norm} {float(measured.max())} > {eps}"
+    torch.testing.assert_close(result.norms[norm], measured)
+    assert torch.equal(result.success, success(model, x_adv, y)), "success is judged on the submitted image"
+    rate = result.success_unquantized.float().mean().item()
+    assert rate >= least, f"{name}: success before quantisation {rate:.2f} < {least}"
+    assert result.success.float().mean() > 0, f"{name}: quantisation undid every success"
 
 
-@pytest.mark.parametrize("name,options,least", ATTACKS, ids=IDS)
-def test_deterministic_and_global_rng_untouched(name, options, least, digits):
+@pytest.mark.parametrize("name,options,least,eps", ATTACKS, ids=IDS)
+def test_deterministic_and_global_rng_untouched(name, options, least, eps, digits):
     model, x, y = digits
-    first = attack_once(name, options, digits)
+    first = attack_once(name, options, digits, eps=eps).adversarial
     state = torch.random.get_rng_state()
-    again = make(name, options).run(model, x.clone(), y.clone(), RunContext(seed=0))
+    again = make(name, options)(model, x.clone(), y.clone(), RunContext(seed=0), threat_for(name, eps)).adversarial
     assert torch.equal(torch.random.get_rng_state(), state), f"{name} touched the global RNG"
     assert torch.equal(first, again)
 
 
-@pytest.mark.parametrize("name,options,least", ATTACKS, ids=IDS)
-def test_non_contiguous_input(name, options, least, digits):
+@pytest.mark.parametrize("name,options,least,eps", ATTACKS, ids=IDS)
+def test_non_contiguous_input(name, options, least, eps, digits):
     model, x, y = digits
     x_nc = x.transpose(2, 3).contiguous().transpose(2, 3)  # same values, transposed strides
     y_nc = torch.stack([y, y], 1)[:, 0]
     assert not x_nc.is_contiguous() and not y_nc.is_contiguous()
-    out = make(name, options).run(model, x_nc[:8], y_nc[:8], RunContext(seed=0))
+    threat = threat_for(name, eps)
+    out = make(name, options)(model, x_nc[:8], y_nc[:8], RunContext(seed=0), threat).adversarial
     assert out.shape == x_nc[:8].shape
-    expected = make(name, options).run(model, x[:8].clone(), y[:8].clone(), RunContext(seed=0))
+    expected = make(name, options)(model, x[:8].clone(), y[:8].clone(), RunContext(seed=0), threat).adversarial
     torch.testing.assert_close(out, expected, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("name,options", [("pgd", {"eps": 0.3, "alpha": 0.03, "steps": 20}), ("jsma", {"gamma": 0.5})])
+def test_targeted_attacks_reach_the_target(name, options, digits):
+    model, x, y = digits
+    assert lookup("attack", name).cls.supports_targeted
+    target = (y + 3) % 10
+    threat = ThreatModel(norm=make(name, options).norm, eps=options.get("eps"), levels=LEVELS, targeted=True)
+    result = make(name, options)(model, x, target, RunContext(seed=0), threat)
+    with torch.no_grad():
+        reached = model(result.adversarial).argmax(1) == target
+    assert torch.equal(result.success, reached)
+    assert reached.float().mean() >= 0.7, float(reached.float().mean())
 
 
 def test_random_choices_follow_the_seed(digits):
@@ -158,10 +188,10 @@ def test_jsma_l0_budget(digits):
     model, x, y = digits
     n = x[0].numel()
     for gamma in (0.1, 0.5):
-        x_adv = attack_once("jsma", {"gamma": gamma}, digits)
+        x_adv = attack_once("jsma", {"gamma": gamma}, digits).adversarial
         changed = (x_adv != x).flatten(1).sum(1)
         assert changed.max() <= 2 * math.floor(gamma * n / 2) <= gamma * n
-    x_adv = attack_once("jsma", {"gamma": 0.5}, digits)
+    x_adv = attack_once("jsma", {"gamma": 0.5}, digits).adversarial
     assert ((x_adv == x) | (x_adv == 1)).all()  # theta = 1: changed features are set to 1
 
 

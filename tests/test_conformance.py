@@ -177,8 +177,16 @@ class ShrinkingAttack(api.Attack):
         return x[:, :, ::2, ::2]
 
 
-class OutOfRangeAttack(ShrinkingAttack):
+class NanAttack(ShrinkingAttack):
     def run(self, model, x, y, ctx):
+        return x * float("nan")
+
+
+class UnclippedAttack(ShrinkingAttack):
+    """Returns images outside [0, 1]: allowed, the attack template clips and projects every attack's output."""
+
+    def run(self, model, x, y, ctx):
+        assert ctx.threat is not None and ctx.threat.norm == "linf"  # run sees the threat model it runs under
         return x + 0.5
 
 
@@ -264,7 +272,7 @@ BROKEN = [
     (LooseOptions, "options", "accepts an unknown key"),
     (NoDefault, "options", "every option needs a default"),
     (ShrinkingAttack, "output", "run returned shape (8, 3, 8, 8) for input (8, 3, 16, 16)"),
-    (OutOfRangeAttack, "output", "outside [0, 1]"),
+    (NanAttack, "output", "non-finite values"),
     (NoNorm, "registration", "attack norm 'l3'"),
     (TwoDScores, "output", "score has shape (8, 2) for 8 inputs; expected a 1-D tensor"),
     (IntFlags, "output", "flag has dtype torch.int64"),
@@ -286,6 +294,11 @@ def test_the_kit_fails_a_broken_plugin_naming_the_check(cls, check_name, fragmen
     assert f"{cls.kind} {cls.name!r}" in message
     with pytest.raises(AssertionError, match="failed check"):
         check_plugin(cls)  # the whole kit stops at the first failing check
+
+
+def test_an_attack_need_not_clip_its_output():
+    (check,) = [check for name, check in plugin_checks(UnclippedAttack) if name == "output"]
+    check()
 
 
 def test_plugin_checks_yields_the_kind_s_checks_and_each_names_itself():

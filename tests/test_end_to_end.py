@@ -52,7 +52,11 @@ def test_digits_run_writes_the_results_contract(digits_run):
                 assert key in row, (section, key)
     attack = results["attacks"][0]
     assert attack["n"] == 300 and 0 < attack["success_rate"] <= 1
-    assert attack["mean_linf"] == pytest.approx(0.2, abs=1e-4)  # FGSM moves every changed pixel by eps
+    # FGSM moves every pixel by eps = 0.2; rounded onto the digits' 1/16 grid, that is 3 steps
+    assert attack["mean_linf"] == pytest.approx(3 / 16, abs=1e-6)
+    assert attack["threat_model"] == {"norm": "linf", "eps": 0.2, "quantize": True, "targeted": False, "levels": 16}
+    assert attack["eps"] == 0.2 and attack["quantization_undone"] >= 0
+    assert attack["median_linf"] == pytest.approx(3 / 16, abs=1e-6)
     row = next(r for r in results["detection"] if r["subset"] == "all" and r["population"] == "successful")
     # positives are the successful adversarial inputs; negatives every natural evaluation image (the default)
     assert row["n_adversarial"] == attack["n_success"] and row["n_benign"] == attack["n"] == 300

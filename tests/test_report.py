@@ -108,7 +108,10 @@ def make_results(complete: bool = True) -> dict:
         ],
         "attacks": [{"attack": a, "plugin": a, "norm": {"fgsm": "linf", "jsma": "l0", "cw": "l2"}[a], "source": s,
                      "n": 100, "n_success": 90 - k, "success_rate": (90 - k) / 100, "mean_linf": _metric(k + 50, 0),
-                     "mean_l2": 1.23456 + k, "mean_l0": 30.5 + k}
+                     "mean_l2": 1.23456 + k, "mean_l0": 30.5 + k, "quantization_undone": k,
+                     "threat_model": {"norm": {"fgsm": "linf", "jsma": "l0", "cw": "l2"}[a],
+                                      "eps": {"fgsm": 8 / 255, "jsma": 20, "cw": None}[a], "quantize": a != "cw",
+                                      "targeted": a == "jsma", "levels": 255}}
                     for k, (a, s) in enumerate([(a, s) for a in ATTACKS for s in VICTIMS])],
         "detection": detection,
         "worst_case": worst_case,
@@ -382,6 +385,10 @@ def test_summary_tables(rendered):
         assert shown["mean l0"] == fmt(row["mean_l0"])
         assert shown["n success"] == str(row["n_success"])
         assert shown["norm"] == row["norm"]
+        assert shown["undone by quantisation"] == str(row["quantization_undone"])
+        assert shown["threat model"] == {"fgsm": "linf ≤ 8/255, on the 1/255 grid",
+                                         "jsma": "l0 ≤ 20, on the 1/255 grid, targeted",
+                                         "cw": "l2 unbounded, not quantised"}[row["attack"]]
 
 
 def test_leaderboard_marks_best(rendered):

@@ -141,6 +141,27 @@ BAD = [
      ["valid list"]),
     ("sweep-unknown-field", set_("sweep", {"attacks.fgsm.options.epz": [0.1]}), "attacks.fgsm.options.epz",
      ["did you mean 'eps'?", "sweep point"]),
+    # the threat model (issue 11): the harness's, checked against every attack it applies to
+    ("threat-unknown-norm", set_("threat_model", {"norm": "l3"}), "threat_model.norm",
+     ["'l3'", "'linf', 'l2' or 'l0'"]),
+    ("threat-unknown-norm-per-attack", set_("attacks.fgsm.threat_model", {"norm": "linf2"}),
+     "attacks.fgsm.threat_model.norm", ["'linf2'", "'linf', 'l2' or 'l0'"]),
+    ("threat-unknown-key", set_("threat_model", {"epz": 0.1}), "threat_model.epz", ["did you mean 'eps'?"]),
+    ("threat-negative-eps", set_("threat_model", {"eps": -0.1}), "threat_model.eps",
+     ["found -0.1", "allowed: a number >= 0, null (unbounded) or a non-empty list"]),
+    ("threat-negative-eps-in-a-list", set_("attacks.fgsm.threat_model", {"eps": [0.1, -1]}),
+     "attacks.fgsm.threat_model.eps.1", ["found -1", "a number >= 0"]),
+    ("threat-eps-not-a-number", set_("threat_model", {"eps": "8/255"}), "threat_model.eps", ["found '8/255'"]),
+    ("threat-linf-eps-above-1", set_("attacks.fgsm.threat_model", {"eps": 2}), "attacks.fgsm.threat_model.eps",
+     ["found 2 for the linf norm", "allowed: a number in [0, 1]"]),
+    ("threat-norm-the-attack-does-not-use", set_("threat_model", {"norm": "l2"}), "threat_model.norm",
+     ["found 'l2'", "attack 'fgsm' (plugin 'fgsm') attacks under linf", "allowed: linf"]),
+    ("threat-targeted-unsupported", set_("threat_model", {"targeted": True}), "threat_model.targeted",
+     ["attack 'fgsm' (plugin 'fgsm') does not support targeted attacks", "allowed: false"]),
+    ("threat-eps-disagrees-with-the-option", set_("threat_model", {"eps": 0.1}), "attacks.fgsm.options.eps",
+     ["found 0.2", "disagrees with the threat model's eps 0.1 (threat_model.eps)", "set eps in threat_model"]),
+    ("threat-model-on-a-victim", set_("victims.cnn.threat_model", {"eps": 0.1}), "victims.cnn.threat_model",
+     ["allowed only for attacks"]),
 ]
 
 

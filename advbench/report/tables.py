@@ -154,25 +154,51 @@ def interpreters_table(view: View) -> Table:
                  body, "Mask classifiers (f2): accuracy on the masks of the clean test set.")
 
 
+def threat_label(threat: Any) -> Optional[str]:
+    """A threat model as a short phrase: "linf ≤ 8/255, on the 1/255 grid, targeted"."""
+    threat = mapping(threat)
+    if not threat.get("norm"):
+        return None
+    eps = threat.get("eps")
+    if not is_number(eps):
+        budget = f"{threat['norm']} unbounded"
+    elif threat["norm"] in ("linf", "l2") and abs(eps * 255 - round(eps * 255)) <= 1e-6:
+        budget = f"{threat['norm']} ≤ {round(eps * 255)}/255"
+    else:
+        budget = f"{threat['norm']} ≤ {int(eps) if float(eps).is_integer() else fmt(eps)}"
+    levels = threat.get("levels")
+    grid = f"on the 1/{levels} grid" if threat.get("quantize") and levels else "not quantised"
+    return ", ".join([budget, grid] + (["targeted"] if threat.get("targeted") else []))
+
+
 def attacks_table(view: View) -> Table:
     units = ordered(str(r["l0_unit"]) for r in view.attacks if r.get("l0_unit"))
-    columns = [Column("attack"), Column("plugin"), Column("norm"), Column("source"), Column("n", "num"),
-               Column("n success", "num"), Column("success rate", "num"), Column("mean l∞", "num"),
-               Column("mean l2", "num"), Column("mean l0", "num", "; ".join(units))]
     rows = sorted(view.attacks, key=lambda r: (view.attack_key(r.get("attack")), view.victim_key(r.get("source"))))
     # runs since the field's convention was recorded: success among the inputs the victim got right, and the
-    # share of the inputs fooling the source that fool each other victim too
+    # share of the inputs fooling the source that fool each other victim too; since the threat model was
+    # recorded: what each attack was allowed, and the successes quantisation undid
     correct = any(is_number(r.get("success_rate_correct")) for r in rows)
+    threats = any(r.get("threat_model") for r in rows)
     targets = ordered(t for r in rows for t in mapping(r.get("transfer")))
-    if correct:
-        columns.insert(7, Column("success of correct", "num", "n success / inputs the victim classified right"))
+    columns = [Column("attack"), Column("plugin"), Column("norm")]
+    columns += [Column("threat model", title="norm and budget, the grid inputs were rounded onto, targeted or "
+                                             "not")] if threats else []
+    columns += [Column("source"), Column("n", "num"), Column("n success", "num"), Column("success rate", "num")]
+    columns += [Column("success of correct", "num", "n success / inputs the victim classified right")] \
+        if correct else []
+    columns += [Column("undone by quantisation", "num", "inputs the raw output fooled that the submitted "
+                                                        "(quantised) image does not: counted as failures")] \
+        if threats else []
+    columns += [Column("mean l∞", "num"), Column("mean l2", "num"), Column("mean l0", "num", "; ".join(units))]
     columns += [Column(f"transfer to {t}", "num", "of the inputs fooling the source, the share fooling this "
                                                   "victim too") for t in targets]
     body = []
     for r in rows:
-        cells = [text(r.get("attack")), text(r.get("plugin")), text(r.get("norm")), text(r.get("source")),
-                 count(r.get("n")), count(r.get("n_success")), num(r.get("success_rate"))]
+        cells = [text(r.get("attack")), text(r.get("plugin")), text(r.get("norm"))]
+        cells += [text(threat_label(r.get("threat_model")))] if threats else []
+        cells += [text(r.get("source")), count(r.get("n")), count(r.get("n_success")), num(r.get("success_rate"))]
         cells += [num(r.get("success_rate_correct"))] if correct else []
+        cells += [count(r.get("quantization_undone"))] if threats else []
         cells += [num(r.get("mean_linf")), num(r.get("mean_l2")), num(r.get("mean_l0"))]
         cells += [num(mapping(mapping(r.get("transfer")).get(t)).get("transfer_rate")) for t in targets]
         body.append(cells)

@@ -24,9 +24,10 @@ harness calls them (build and fit under a forked, seeded global RNG; models froz
 - interpreter: ``masks`` (N x C' x H x W with C' in {1, C}, float, finite, in [0, 1], on ctx.device),
   ``deterministic``, ``batch-independent``, ``no-grad`` (same masks inside torch.no_grad, victim untouched),
   ``global-rng`` (explain leaves the global RNGs alone; nothing reseeds them), ``silent`` (nothing printed);
-- attack: ``output`` (same shape as the input, float, finite, in [0, 1], on ctx.device, model untouched),
-  ``deterministic``, ``global-rng`` (no reseeding), ``silent``; an adaptive attack's ``run`` also gets a
-  ``Defence`` whose score is the victim's lack of confidence (1 - max softmax);
+- attack: ``output`` (same shape as the input, float, finite, on ctx.device, model untouched; [0, 1] and the
+  threat model are the attack template's to enforce), ``deterministic``, ``global-rng`` (no reseeding), ``silent``;
+  an adaptive attack's ``run`` also gets a ``Defence`` whose score is the victim's lack of confidence
+  (1 - max softmax);
 - detector: ``output`` (DetectorOutput: score 1-D float finite, one per input; flag None or bool), ``deterministic``,
   ``global-rng``, ``silent``;
 - victim: ``build`` (an nn.Module mapping [0, 1] N x C x H x W to N x classes finite logits), ``fit`` (trains:

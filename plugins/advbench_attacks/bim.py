@@ -8,7 +8,6 @@ from pydantic import Field
 from torch import nn
 
 from advbench.api import Attack, Options, RunContext
-from advbench_attacks._util import prepare
 
 
 class BIM(Attack):
@@ -38,9 +37,6 @@ class BIM(Attack):
 
     def run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: RunContext) -> torch.Tensor:
         o = self.options
-        x, y = prepare(x, y, ctx.device)
         attack = torchattacks.BIM(model, eps=o.eps, alpha=o.alpha, steps=o.steps)
         attack.set_device(ctx.device)
-        with torch.enable_grad():
-            adv = attack(x, y)
-        return adv.detach().clamp_(0.0, 1.0)
+        return attack(x, y)

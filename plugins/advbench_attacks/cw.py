@@ -8,7 +8,6 @@ from pydantic import Field
 from torch import nn
 
 from advbench.api import Attack, Options, RunContext
-from advbench_attacks._util import prepare
 
 
 class CarliniWagnerL2(Attack):
@@ -49,17 +48,13 @@ class CarliniWagnerL2(Attack):
 
     def run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: RunContext) -> torch.Tensor:
         o = self.options
-        x, y = prepare(x, y, ctx.device)
         fmodel = fb.PyTorchModel(model, bounds=(0.0, 1.0), device=ctx.device)
         attack = fb.attacks.L2CarliniWagnerAttack(
             binary_search_steps=o.binary_search_steps, steps=o.steps, stepsize=o.stepsize,
             confidence=o.confidence, initial_const=o.initial_const, abort_early=o.abort_early)
-        with torch.enable_grad():
-            raw, _, _ = attack(fmodel, x, fb.criteria.Misclassification(y), epsilons=None)
-        raw = raw.detach()
+        raw, _, _ = attack(fmodel, x, fb.criteria.Misclassification(y), epsilons=None)
         # foolbox starts its "best adversarial" buffer at zeros; a point never found adversarial keeps them.
         # A real C&W output is never exactly all-zero (tanh space maps into the open interval (0, 1)).
         flat_raw, flat_x = raw.flatten(1), x.flatten(1)
         failed = (flat_raw == 0).all(dim=1) & (flat_x != 0).any(dim=1)
-        raw = torch.where(failed.view(-1, *([1] * (x.dim() - 1))), x, raw)
-        return raw.clamp_(0.0, 1.0)
+        return torch.where(failed.view(-1, *([1] * (x.dim() - 1))), x, raw)

@@ -8,7 +8,6 @@ from pydantic import Field
 from torch import nn
 
 from advbench.api import Attack, Options, RunContext
-from advbench_attacks._util import prepare
 
 
 class DeepFool(Attack):
@@ -38,10 +37,8 @@ class DeepFool(Attack):
 
     def run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: RunContext) -> torch.Tensor:
         o = self.options
-        x, y = prepare(x, y, ctx.device)
         fmodel = fb.PyTorchModel(model, bounds=(0.0, 1.0), device=ctx.device)
         attack = fb.attacks.L2DeepFoolAttack(steps=o.steps, candidates=o.candidates, overshoot=o.overshoot,
                                              loss="logits")
-        with torch.enable_grad():
-            raw, _, _ = attack(fmodel, x, fb.criteria.Misclassification(y), epsilons=None)
-        return raw.detach().clamp_(0.0, 1.0)
+        raw, _, _ = attack(fmodel, x, fb.criteria.Misclassification(y), epsilons=None)
+        return raw

@@ -8,7 +8,6 @@ from pydantic import Field
 from torch import nn
 
 from advbench.api import Attack, Options, RunContext
-from advbench_attacks._util import prepare
 
 
 class FGSM(Attack):
@@ -30,9 +29,6 @@ class FGSM(Attack):
         eps: float = Field(8 / 255, ge=0.0, le=1.0, description="l-inf budget, in [0, 1] input units")
 
     def run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: RunContext) -> torch.Tensor:
-        x, y = prepare(x, y, ctx.device)
         attack = torchattacks.FGSM(model, eps=self.options.eps)
         attack.set_device(ctx.device)
-        with torch.enable_grad():
-            adv = attack(x, y)
-        return adv.detach().clamp_(0.0, 1.0)
+        return attack(x, y)

@@ -10,7 +10,7 @@ from pydantic import Field, field_validator
 from torch import nn
 
 from advbench.api import Attack, Options, RunContext
-from advbench_attacks._util import batch_salt, prepare
+from advbench_attacks._util import batch_salt
 
 # Bound on the pair-score block one search step builds (elements): rows x features x images. With ~6
 # temporaries of this size alive at once this keeps a step well under 1 GiB.
@@ -100,8 +100,9 @@ class JSMA(Attack):
     implementation of cleverhans' ``jsma_symbolic`` (the pair variant of the paper's Algorithms 2-3).
 
     Features are the input elements (C*H*W of them, so a colour pixel is three features), in [0, 1].
-    JSMA is a targeted attack; like cleverhans (random target) and torchattacks (next class) it is made
-    untargeted by picking a target class t != y per image (``target``). Then, per image and while the
+    JSMA is a targeted attack: under a targeted threat model (``ctx.threat.targeted``) ``y`` holds the targets;
+    otherwise, like cleverhans (random target) and torchattacks (next class), it is made untargeted by picking
+    a target class t != y per image (``target``). Then, per image and while the
     model's prediction is not t and fewer than ``floor(gamma * n_features / 2)`` iterations were made:
     compute, on the logits Z, the gradient a = dZ_t/dx and b = d(sum_{j != t} Z_j)/dx (two backward passes
     for the whole batch), choose over the search domain the pair p != q maximising
@@ -124,6 +125,7 @@ class JSMA(Attack):
     name = "jsma"
     description = "Jacobian-based Saliency Map Attack (Papernot et al. 2016), l0, random target; batched"
     norm = "l0"
+    supports_targeted = True
     revision = "1"
 
     class Options(Options):
@@ -160,9 +162,9 @@ class JSMA(Attack):
     def run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: RunContext,
             target: Optional[torch.Tensor] = None) -> torch.Tensor:
         o = self.options
-        x, y = prepare(x, y, ctx.device)
         if target is None:
-            target = self.targets(model, x, y, ctx)
+            targeted = ctx.threat is not None and ctx.threat.targeted
+            target = y if targeted else self.targets(model, x, y, ctx)
         target = target.to(x.device).long()
         bsz = x.shape[0]
         n = x[0].numel()

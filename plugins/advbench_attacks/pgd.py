@@ -8,17 +8,19 @@ from pydantic import Field
 from torch import nn
 
 from advbench.api import Attack, Options, RunContext
-from advbench_attacks._util import batch_salt, prepare, uniform
+from advbench_attacks._util import batch_salt, uniform
 
 
 class PGD(Attack):
     """Projected Gradient Descent (Madry et al., "Towards Deep Learning Models Resistant to Adversarial
-    Attacks", ICLR 2018), untargeted, l-inf threat model.
+    Attacks", ICLR 2018), untargeted or targeted, l-inf threat model.
 
     Starts (optionally) from a uniform random point of the l-inf ball of radius ``eps`` around x, then takes
     ``steps`` steps of size ``alpha`` along the sign of the cross-entropy gradient, each followed by a
     projection onto the ball and onto the input range [0, 1]. The same algorithm as ``torchattacks.PGD``,
-    but the random start comes from ``ctx.generator`` (torchattacks draws it from the global RNG).
+    but the random start comes from ``ctx.generator`` (torchattacks draws it from the global RNG). Under a
+    targeted threat model (``ctx.threat.targeted``) ``y`` holds the targets and the steps descend the
+    cross-entropy toward them instead of ascending it away from the true labels.
 
     Options:
         eps: the l-inf budget in [0, 1] input units (default 8/255).
@@ -30,6 +32,7 @@ class PGD(Attack):
     name = "pgd"
     description = "Projected Gradient Descent with random start (Madry et al. 2018), l-inf"
     norm = "linf"
+    supports_targeted = True
     revision = "1"
 
     class Options(Options):
@@ -40,7 +43,7 @@ class PGD(Attack):
 
     def run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: RunContext) -> torch.Tensor:
         o = self.options
-        x, y = prepare(x, y, ctx.device)
+        direction = -1.0 if ctx.threat is not None and ctx.threat.targeted else 1.0  # toward y, or away from it
         adv = x.clone()
         if o.random_start and o.eps > 0:
             gen = ctx.generator("attack", self.name, "random_start", *batch_salt(y))
@@ -50,6 +53,6 @@ class PGD(Attack):
                 adv.requires_grad_(True)
                 loss = F.cross_entropy(model(adv), y)
                 (grad,) = torch.autograd.grad(loss, adv)
-                adv = adv.detach() + o.alpha * grad.sign()
+                adv = adv.detach() + direction * o.alpha * grad.sign()
                 adv = torch.min(torch.max(adv, x - o.eps), x + o.eps).clamp_(0.0, 1.0)
         return adv.detach()

@@ -76,6 +76,7 @@ class Cifar10(Dataset):
     name = "cifar10"
     description = "CIFAR-10 (32x32 RGB, 10 classes) from the official python batches or an image-folder export"
     revision = "1"
+    levels = 255  # 8-bit images
 
     class Options(Options):
         path: Optional[str] = Field(

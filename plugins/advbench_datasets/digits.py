@@ -25,6 +25,7 @@ class Digits(Dataset):
     name = "digits"
     description = "UCI handwritten digits from scikit-learn (8x8 grey, 10 classes, no download)"
     revision = "1"
+    levels = 16  # the stored intensities are the integers 0..16, divided by 16
 
     class Options(Options):
         test_size: float = Field(default=0.3, gt=0, lt=1, description="fraction of the images held out for test")
