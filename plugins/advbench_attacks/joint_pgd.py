@@ -8,7 +8,7 @@ from pydantic import Field
 from torch import nn
 
 from advbench.api import Attack, Defence, Options, RunContext
-from advbench_attacks._util import BestIterate, batch_salt, prepare, project_linf, uniform
+from advbench_attacks._util import BestIterate, batch_salt, project_linf, uniform
 
 
 def adversarial_label(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -63,7 +63,6 @@ class JointPGD(Attack):
     def run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: RunContext,
             defence: Defence) -> torch.Tensor:
         o = self.options
-        x, y = prepare(x, y, ctx.device)
         reads_masks = defence.explain is not None and defence.mask_classifier is not None
         benign_masks = None
         if reads_masks:

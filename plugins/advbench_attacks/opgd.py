@@ -10,7 +10,7 @@ from pydantic import Field
 from torch import nn
 
 from advbench.api import Attack, Defence, Options, RunContext
-from advbench_attacks._util import BestIterate, batch_salt, prepare, project_linf, uniform
+from advbench_attacks._util import BestIterate, batch_salt, project_linf, uniform
 
 
 def orthogonal(g: torch.Tensor, other: torch.Tensor, only_against: bool = False) -> torch.Tensor:
@@ -78,7 +78,6 @@ class OPGD(Attack):
     def run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: RunContext,
             defence: Defence) -> torch.Tensor:
         o = self.options
-        x, y = prepare(x, y, ctx.device)
         adv = x.clone()
         if o.random_start and o.eps > 0:
             gen = ctx.generator("attack", self.name, "random_start", *batch_salt(y))
