@@ -24,7 +24,9 @@ class Contrastive(Detector):
 
     Adaptive attacks (``adaptive_gradient = "exact"``): ``attack_score`` is the same score with the graph kept
     through f2 and g (the harness hands a differentiable ``env.explain``: a LAN's forward pass, gradient maps by
-    double backprop); the label ``argmax f1(x)`` is piecewise constant and is not differentiated.
+    double backprop, on a softplus surrogate of a ReLU victim whose exact map would give no gradient, the map's
+    value unchanged: see the interpreters); the label ``argmax f1(x)`` is piecewise constant and is not
+    differentiated.
     """
 
     name = "contrastive"

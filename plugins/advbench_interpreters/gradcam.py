@@ -10,7 +10,8 @@ from pydantic import Field
 from torch import nn
 
 from advbench import api
-from advbench_interpreters._common import InterpreterError, normalize_per_sample, predicted_labels
+from advbench_interpreters._common import (InterpreterError, exact_map_surrogate_gradient, normalize_per_sample,
+                                           predicted_labels)
 
 
 def find_layer(victim: nn.Module, name: Optional[str]) -> tuple[str, nn.Module]:
@@ -42,8 +43,14 @@ class GradCAM(api.Interpreter):
     own predicted label ``c = argmax f1(x)``, the channel weights are the spatial mean of ``d logit_c / dA`` and
     the map is ``relu(sum_k w_k A_k)``, upsampled bilinearly to the input's H x W, and divided by its per-sample
     maximum. Masks are N x 1 x H x W. A victim without a Conv2d raises an error naming the problem.
-    No randomness. With ``ctx.differentiable`` the map is differentiated through the activations and, by double
-    backprop, through the channel weights.
+    No randomness.
+
+    How an adaptive attacker differentiates it (``ctx.differentiable``): the value is the exact map above; its
+    gradient w.r.t. x is that of the same map on the victim with every ``nn.ReLU`` module replaced by a softplus of
+    sharpness ``_common.SURROGATE_BETA`` (Dombrowski et al., NeurIPS 2019), through the activations and, by double
+    backprop, through the channel weights (a ReLU victim's own weights are piecewise constant in x). The ReLU on the
+    CAM itself is kept: it is part of the map, not of the victim. ``F.relu`` called in a victim's ``forward``
+    cannot be swapped and stays piecewise linear.
     """
 
     name = "gradcam"
@@ -59,6 +66,14 @@ class GradCAM(api.Interpreter):
                 ctx: api.RunContext) -> torch.Tensor:
         layer_name, layer = find_layer(victim, self.options.layer)
         labels = predicted_labels(victim, x)
+        return exact_map_surrogate_gradient(
+            lambda inputs, differentiable: self._cam(victim, layer_name, layer, labels, inputs, differentiable),
+            victim, x, ctx)
+
+    @staticmethod
+    def _cam(victim: nn.Module, layer_name: str, layer: nn.Module, labels: torch.Tensor, x: torch.Tensor,
+             differentiable: bool) -> torch.Tensor:
+        """The map for ``labels``; ``differentiable``: it stays a function of x (the weights by double backprop)."""
         captured: list[torch.Tensor] = []
 
         def hook(module: nn.Module, inputs: object, output: object) -> None:
@@ -67,8 +82,7 @@ class GradCAM(api.Interpreter):
         handle = layer.register_forward_hook(hook)
         try:
             with torch.enable_grad():
-                # differentiable: the map stays a function of x itself (the weights by double backprop)
-                if ctx.differentiable:
+                if differentiable:
                     xg = x if x.requires_grad else x.detach().requires_grad_(True)
                 else:
                     xg = x.detach().clone().requires_grad_(True)
@@ -80,10 +94,10 @@ class GradCAM(api.Interpreter):
                     raise InterpreterError(f"gradcam: layer {layer_name!r} outputs shape {tuple(acts.shape)}; "
                                            f"a spatial N x K x h x w output is needed")
                 score = logits.gather(1, labels.view(-1, 1)).sum()
-                (grads,) = torch.autograd.grad(score, acts, create_graph=ctx.differentiable)
+                (grads,) = torch.autograd.grad(score, acts, create_graph=differentiable)
         finally:
             handle.remove()
         weights = grads.mean(dim=(2, 3), keepdim=True)
-        cam = F.relu((weights * (acts if ctx.differentiable else acts.detach())).sum(dim=1, keepdim=True))
+        cam = F.relu((weights * (acts if differentiable else acts.detach())).sum(dim=1, keepdim=True))
         cam = F.interpolate(cam, size=x.shape[-2:], mode="bilinear", align_corners=False).clamp_min(0)
         return normalize_per_sample(cam)

@@ -9,7 +9,8 @@ from pydantic import Field
 from torch import nn
 
 from advbench import api
-from advbench_interpreters._common import channel_max, input_gradient, normalize_per_sample, predicted_labels
+from advbench_interpreters._common import (channel_max, exact_map_surrogate_gradient, input_gradient,
+                                           normalize_per_sample, predicted_labels)
 
 
 class GradientSaliency(api.Interpreter):
@@ -21,7 +22,13 @@ class GradientSaliency(api.Interpreter):
     map is then scaled into [0, 1] on its own: values above its ``percentile``-th percentile are clipped to it
     and the map is divided by that value (default 99, SmoothGrad's visualization recipe: robust to the few
     extreme pixels a raw gradient often has); ``percentile: 100`` divides by the plain maximum.
-    No training, no randomness. With ``ctx.differentiable`` the map is differentiated by double backprop.
+    No training, no randomness.
+
+    How an adaptive attacker differentiates it (``ctx.differentiable``): the value is the exact map above; its
+    gradient w.r.t. x is, by double backprop, that of the same map on the victim with every ``nn.ReLU`` module
+    replaced by a softplus of sharpness ``_common.SURROGATE_BETA`` (Dombrowski et al., NeurIPS 2019). A ReLU
+    victim's own map is piecewise constant in x (zero gradient almost everywhere: gradient masking);
+    ``F.relu`` called in a victim's ``forward`` cannot be swapped and stays piecewise linear.
     """
 
     name = "gradient"
@@ -35,5 +42,9 @@ class GradientSaliency(api.Interpreter):
     def explain(self, state: Optional[nn.Module], victim: nn.Module, x: torch.Tensor,
                 ctx: api.RunContext) -> torch.Tensor:
         labels = predicted_labels(victim, x)
-        grad = input_gradient(victim, x, labels, create_graph=ctx.differentiable)
-        return normalize_per_sample(channel_max(grad.abs()), self.options.percentile)
+
+        def saliency(inputs: torch.Tensor, differentiable: bool) -> torch.Tensor:
+            grad = input_gradient(victim, inputs, labels, create_graph=differentiable)
+            return normalize_per_sample(channel_max(grad.abs()), self.options.percentile)
+
+        return exact_map_surrogate_gradient(saliency, victim, x, ctx)

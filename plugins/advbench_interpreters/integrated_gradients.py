@@ -9,8 +9,8 @@ from pydantic import Field
 from torch import nn
 
 from advbench import api
-from advbench_interpreters._common import (InterpreterError, channel_max, chunked_gradient, normalize_per_sample,
-                                           predicted_labels)
+from advbench_interpreters._common import (InterpreterError, channel_max, chunked_gradient,
+                                           exact_map_surrogate_gradient, normalize_per_sample, predicted_labels)
 
 
 class MeanBaseline(nn.Module):
@@ -30,8 +30,14 @@ class IntegratedGradients(api.Interpreter):
     ``black`` (all zeros) or ``mean`` (a constant image of the training set's per-channel mean; ``build`` then
     returns a small module holding it and ``fit`` computes it). The attribution's absolute value is reduced by
     the maximum over channels (masks are N x 1 x H x W) and scaled per sample into [0, 1] like ``gradient``.
-    No randomness. With ``ctx.differentiable`` the attribution is differentiated through the path and, by double
-    backprop, through the path's gradients.
+    No randomness.
+
+    How an adaptive attacker differentiates it (``ctx.differentiable``): the value is the exact attribution above;
+    its gradient w.r.t. x is that of the same attribution on the victim with every ``nn.ReLU`` module replaced by a
+    softplus of sharpness ``_common.SURROGATE_BETA`` (Dombrowski et al., NeurIPS 2019), through the factor
+    ``x - x'`` and the path and, by double backprop, through the path's gradients (a ReLU victim's own are
+    piecewise constant in x). ``F.relu`` called in a victim's ``forward`` cannot be swapped and stays piecewise
+    linear.
     """
 
     name = "integrated-gradients"
@@ -74,7 +80,11 @@ class IntegratedGradients(api.Interpreter):
         labels = predicted_labels(victim, x)
         base = self._baseline(state, x)
         alphas = torch.arange(1, m + 1, device=x.device, dtype=x.dtype).div_(m).view(1, m, 1, 1, 1)
-        path = (base.unsqueeze(1) + alphas * (x - base).unsqueeze(1)).reshape(n * m, *x.shape[1:])
-        grads = chunked_gradient(victim, path, labels.repeat_interleave(m), ctx.batch_size, ctx.differentiable)
-        attr = (x - base) * grads.reshape(n, m, *x.shape[1:]).mean(dim=1)
-        return normalize_per_sample(channel_max(attr.abs()), self.options.percentile)
+
+        def saliency(inputs: torch.Tensor, differentiable: bool) -> torch.Tensor:
+            path = (base.unsqueeze(1) + alphas * (inputs - base).unsqueeze(1)).reshape(n * m, *x.shape[1:])
+            grads = chunked_gradient(victim, path, labels.repeat_interleave(m), ctx.batch_size, differentiable)
+            attr = (inputs - base) * grads.reshape(n, m, *x.shape[1:]).mean(dim=1)
+            return normalize_per_sample(channel_max(attr.abs()), self.options.percentile)
+
+        return exact_map_surrogate_gradient(saliency, victim, x, ctx)

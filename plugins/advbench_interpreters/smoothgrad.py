@@ -9,8 +9,8 @@ from pydantic import Field
 from torch import nn
 
 from advbench import api
-from advbench_interpreters._common import (SampleNoise, channel_max, chunked_gradient, normalize_per_sample,
-                                           predicted_labels)
+from advbench_interpreters._common import (SampleNoise, channel_max, chunked_gradient, exact_map_surrogate_gradient,
+                                           normalize_per_sample, predicted_labels)
 
 
 class SmoothGrad(api.Interpreter):
@@ -25,8 +25,14 @@ class SmoothGrad(api.Interpreter):
 
     The noise comes from a generator per sample seeded by the run seed and the sample's content, so masks are
     deterministic for a seed and do not depend on the rest of the batch (on CUDA it is drawn on the device,
-    counter-based: other numbers than on the CPU, see ``_common.SampleNoise``). With ``ctx.differentiable`` the map
-    is differentiated by double backprop, the noise held fixed.
+    counter-based: other numbers than on the CPU, see ``_common.SampleNoise``).
+
+    How an adaptive attacker differentiates it (``ctx.differentiable``): the noise is held fixed (its sigma still
+    follows x); the value is the exact map above, and its gradient w.r.t. x is, by double backprop, that of the
+    same map on the victim with every ``nn.ReLU`` module replaced by a softplus of sharpness
+    ``_common.SURROGATE_BETA`` (Dombrowski et al., NeurIPS 2019): a ReLU victim's own gradients are piecewise
+    constant in x, so their average would give the attacker nothing. ``F.relu`` called in a victim's ``forward``
+    cannot be swapped and stays piecewise linear.
     """
 
     name = "smoothgrad"
@@ -45,9 +51,13 @@ class SmoothGrad(api.Interpreter):
         n, s = len(x), opt.n_samples
         labels = predicted_labels(victim, x)
         noise = SampleNoise(ctx, x, "smoothgrad").draw((s, *x.shape[1:]), "normal")  # N x S x C x H x W
-        flat = x.reshape(n, -1)
-        sigma = (opt.noise_level * (flat.amax(1) - flat.amin(1))).view(n, 1, 1, 1, 1)
-        noisy = (x.unsqueeze(1) + sigma * noise).reshape(n * s, *x.shape[1:])
-        grads = chunked_gradient(victim, noisy, labels.repeat_interleave(s), ctx.batch_size, ctx.differentiable)
-        mean = grads.reshape(n, s, *x.shape[1:]).mean(dim=1)
-        return normalize_per_sample(channel_max(mean.abs()), opt.percentile)
+
+        def saliency(inputs: torch.Tensor, differentiable: bool) -> torch.Tensor:
+            flat = inputs.reshape(n, -1)
+            sigma = (opt.noise_level * (flat.amax(1) - flat.amin(1))).view(n, 1, 1, 1, 1)
+            noisy = (inputs.unsqueeze(1) + sigma * noise).reshape(n * s, *x.shape[1:])
+            grads = chunked_gradient(victim, noisy, labels.repeat_interleave(s), ctx.batch_size, differentiable)
+            mean = grads.reshape(n, s, *x.shape[1:]).mean(dim=1)
+            return normalize_per_sample(channel_max(mean.abs()), opt.percentile)
+
+        return exact_map_surrogate_gradient(saliency, victim, x, ctx)
