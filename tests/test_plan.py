@@ -19,6 +19,7 @@ def small_digits(tmp_path, **changes) -> str:
     suite["victims"]["cnn"]["options"]["epochs"] = 3
     suite["mask_classifier"]["options"]["epochs"] = 3
     suite["attacks"]["pgd"] = {"plugin": "pgd", "options": {"eps": 0.2, "steps": 3}}
+    suite["attacks"].pop("opgd")  # oblivious grids here; tests/test_adaptive_plan.py covers adaptive attacks
     suite["detectors"]["label-only"] = {}
     suite["evaluation"].update(n_eval=120, n_fit=80)
     suite.update(changes)
