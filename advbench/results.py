@@ -363,6 +363,8 @@ class SweepChoice(Row):
     population: str
     sweep: Sweep = Field(description="the chosen point")
     n_points: int = Field(description="points compared")
+    tied: bool = Field(False, description="every compared point had the same validation AUROC: the first is "
+                                          "recorded, but nothing was chosen")
     validation_auroc: float
     validation_n_adversarial: Optional[int] = None
     validation_n_benign: Optional[int] = None

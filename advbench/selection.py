@@ -44,7 +44,10 @@ def sweep_choice(validation: list[dict[str, Any]], detection: list[dict[str, Any
         chosen = max(scored, key=lambda r: r["auroc"])  # max keeps the first of equal values
         reported: Optional[dict[str, Any]] = evaluation.get((cell, _point(chosen)))
         out.append({**dict(zip(CELL, cell)), "subset": SUBSET, "population": POPULATION,
-                    "sweep": chosen["sweep"], "n_points": len(rows), "validation_auroc": chosen["auroc"],
+                    "sweep": chosen["sweep"], "n_points": len(rows),
+                    # nothing told the points apart (a control the swept fields do not reach)
+                    "tied": len(scored) > 1 and len({r["auroc"] for r in scored}) == 1,
+                    "validation_auroc": chosen["auroc"],
                     "validation_n_adversarial": chosen.get("n_adversarial"),
                     "validation_n_benign": chosen.get("n_benign"),
                     "evaluation_auroc": reported.get("auroc") if reported else None,
