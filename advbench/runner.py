@@ -616,8 +616,8 @@ def run_suite(suite: Suite, run_dir: Path, device: Any, cache: Cache, limit: Opt
                            "missing": list(results["missing"])}
                 for i in sorted(finished_points):
                     _merge(partial, _assemble(assembler, plan.points[i]))
-                partial["missing"].append(f"in progress: {len(finished_points)} of {len(plan.points)} sweep points "
-                                          "finished")
+                unit = "seeds" if suite.spec.seeds else "sweep points"
+                partial["missing"].append(f"in progress: {len(finished_points)} of {len(plan.points)} {unit} finished")
                 partial["stages"] = _stage_records(driver)
                 _summarise(partial)
                 write_outputs(run_dir, partial, gallery)
