@@ -50,11 +50,23 @@ CSV_TABLES = {
     "comparisons.csv": ("comparisons", ["attack", "source", "target", "subset", "population", "best", "other",
                                         "auroc_best", "auroc_other", "delta", "delta_ci_low", "delta_ci_high",
                                         "p_value", "significant"]),
+    # written only where the run has the section: with seeds, or with a sweep
+    "seed_summary.csv": ("seed_summary", ["section", "victim", "detector", "interpreter", "attack", "knowledge",
+                                          "source", "target", "subset", "population", "metric", "n_seeds", "mean",
+                                          "std", "min", "max"]),
+    "validation.csv": ("validation", ["detector", "interpreter", "attack", "knowledge", "source", "target",
+                                      "subset", "population", "n_adversarial", "n_benign", "tpr", "tnr", "auroc",
+                                      "auroc_ci_low", "auroc_ci_high"]),
+    "sweep_choice.csv": ("sweep_choice", ["detector", "interpreter", "attack", "source", "target", "n_points",
+                                          "validation_auroc", "evaluation_auroc", "evaluation_auroc_ci_low",
+                                          "evaluation_auroc_ci_high"]),
 }
+OPTIONAL_TABLES = ("seed_summary", "validation", "sweep_choice")
 
 
 def write_outputs(run_dir: Path, results: dict[str, Any], gallery: list) -> None:
-    """results.json, one CSV per table (swept fields as extra columns) and gallery.pt; each written atomically.
+    """results.json, one CSV per table (the seed and swept fields as extra columns) and gallery.pt; each written
+    atomically.
 
     results.json carries ``schema_version`` and is checked against advbench.results.Results. A results dict
     that breaks the contract (a plugin's column of the wrong type) is written anyway, as it is, with a warning
@@ -63,9 +75,12 @@ def write_outputs(run_dir: Path, results: dict[str, Any], gallery: list) -> None
     _atomic_text(run_dir / "results.json", json.dumps(checked_results(results), indent=1, allow_nan=False))
     sweep_fields = results.get("sweep_fields") or []
     for filename, (key, columns) in CSV_TABLES.items():
+        if key in OPTIONAL_TABLES and results.get(key) is None:
+            continue
         rows = results.get(key) or []
         if isinstance(rows, dict):
             rows = [{"victim": name, **row} for name, row in rows.items()]
+        columns = columns + (["seed"] if any(isinstance(row, dict) and "seed" in row for row in rows) else [])
         buffer = io.StringIO()
         writer = csv.DictWriter(buffer, fieldnames=columns + sweep_fields, extrasaction="ignore")
         writer.writeheader()

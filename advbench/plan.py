@@ -8,7 +8,7 @@ is already in the cache is done, and two nodes with one key (a stage shared by t
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Optional
 
 
@@ -54,6 +54,7 @@ class Point:
 
     values: dict[str, Any]
     suite: Any
+    seed: Optional[int] = None  # the training seed of a suite with ``seeds``; None without
     victims: dict[str, dict[str, str]] = field(default_factory=dict)  # name -> victim, accuracy keys
     interpreters: list[dict[str, Any]] = field(default_factory=list)  # per (target, interpreter)
     attacks: list[dict[str, Any]] = field(default_factory=list)  # per (attack, source)
@@ -69,7 +70,7 @@ class Plan:
     nodes: dict[str, Node]  # key -> node, in a topological order (inputs first)
     points: list[Point]
     data: Node
-    subset: dict[str, Any]  # the evaluation subset: seed, n_test, n_eval, n_fit
+    subset: dict[str, Any]  # the evaluation subset: seed, n_test, n_eval, n_fit, n_calibration, n_validation
     subset_key: str
     rank: dict[str, int] = field(default_factory=dict)  # key -> the first sweep point that needs it
     failed: list[dict[str, Any]] = field(default_factory=list)  # cells of broken plugins, failed from the start
@@ -135,10 +136,17 @@ def data_node(suite: Any, settings: Settings) -> Node:
 
 
 def build_plan(suite: Any, data: Any, settings: Settings, limit: Optional[int] = None) -> Plan:
-    """Every sweep point's nodes in one graph; a node two points share (same key) is one node."""
+    """Every sweep point's nodes in one graph, once per seed of ``seeds``; a node two points share (same key) is
+    one node.
+
+    Every seed reads the images ``settings.seed`` (the first of ``seeds``) split, so seeds differ only in what
+    they train and draw; the first seed's nodes are those of a run with that one ``seed``.
+    """
     builder = _Builder(suite, data, settings, limit)
-    for values, point_suite in suite.points():
-        builder.point(values, point_suite)
+    for seed in suite.spec.seeds or [None]:
+        builder.settings = settings if seed is None else replace(settings, seed=seed)
+        for values, point_suite in suite.points():
+            builder.point(values, point_suite, seed)
     return Plan(builder.nodes, builder.points, builder.data, builder.subset, builder.subset_key, builder.rank,
                 builder.failed)
 
@@ -159,12 +167,17 @@ class _Builder:
         n_eval = min(n_eval, n_test)
         n_fit = min(n_fit, n_test - n_eval)
         n_cal = min(n_cal, n_test - n_eval - n_fit)
+        # validation images only where there is a point to choose: without a sweep, no node reads them
+        n_val = min(ev.n_validation, n_test - n_eval - n_fit - n_cal) if suite.spec.sweep else 0
+        if limit is not None:
+            n_val = min(n_val, limit)
         self.subset = {"seed": settings.seed, "n_test": n_test, "n_eval": n_eval, "n_fit": n_fit,
-                       "n_calibration": n_cal}
+                       "n_calibration": n_cal, "n_validation": n_val}
         self.subset_key = subset_digest(self.subset)  # evaluation and fitting images: keys as before
-        from advbench.stages import calibration_indices
+        from advbench.stages import calibration_indices, validation_indices
 
         self.calibration_key = tensor_digest(calibration_indices(self.subset))
+        self.validation_key = tensor_digest(validation_indices(self.subset)) if n_val else None
         self.numerics = numerics(settings)
         self.nodes: dict[str, Node] = {}
         self.points: list[Point] = []
@@ -310,8 +323,33 @@ class _Builder:
                       params={"chunks": chunks, "victim": victim, "images": self.images("eval+fit")}))
         entry = {"attack": aname, "plugin": areg.name, "norm": threat["norm"], "source": source, "key": base_key,
                  "knowledge": "oblivious", "threat_model": threat, "steps": _steps(aoptions)}
+        if self.validation_key is not None:
+            entry["validation_key"] = self.validation_attack(suite, aname, source, victim, config)
         point.attacks.append(entry)
         return entry
+
+    def validation_attack(self, suite: Any, aname: str, source: str, victim: Node, config: dict[str, Any]) -> str:
+        """The attack on the validation images: its own set, so the evaluation and fitting images' set (and its
+        key) stay as they are without a sweep."""
+        from advbench.cache import make_key
+
+        areg, aoptions = suite.component("attacks", aname)
+        key = make_key("adversarial", {**config, "subset": self.validation_key, "split": "validation"},
+                       [victim.key], identity(areg))
+        chunks = []
+        for start in range(0, self.subset["n_validation"], CHUNK):
+            chunk_key = make_key("adversarial-chunk", {"start": start, "size": CHUNK}, [key])
+            chunks.append(self.add(Node(
+                chunk_key, "adversarial-chunk", f"{aname} on {source}, validation [{start}:]", self.settings,
+                inputs=_stored(victim), plugin=_with_kind(areg), options=_options(aoptions),
+                params={"attack": aname, "source": source, "victim": victim, "start": start, "size": CHUNK,
+                        "images": self.images("validation"), "threat": config["threat"],
+                        "num_classes": self.num_classes, "split": "validation"},
+                resources={"cpus": 1, "gpus": 0, "memory_mb": 2048})).key)
+        self.add(Node(key, "adversarial", f"{aname} on {source}, validation", self.settings,
+                      inputs=tuple(chunks) + _stored(victim),
+                      params={"chunks": chunks, "victim": victim, "images": self.images("validation")}))
+        return key
 
     # ------------------------------------------------------------------ detection
     def detection(self, suite: Any, point: Point, dname: str, iname: Optional[str], source: str, target: str,
@@ -363,6 +401,8 @@ class _Builder:
                                                                                      else ""), self.settings,
                               inputs=reads if adversarial_fit else env_inputs,
                               params={**params, "parts": ["calibration"]}, **common))
+            validation = self.validation_scores(name, aname, params, fit_key, adv, adversarial_fit,
+                                                reads if adversarial_fit else env_inputs, common)
             transfer_key = None
             if source != target:  # does the input crafted on the source fool the target too? (its own labels)
                 transfer_key = make_key("transfer", {"subset": self.subset_key, "numerics": self.numerics},
@@ -393,11 +433,32 @@ class _Builder:
                 "gradient": dreg.cls.adaptive_gradient or None, "fit_attack": None,
                 "benign": benign_key, "adversarial": adversarial_key, "attack_key": adv["key"],
                 "calibration": calibration_key, "transfer": transfer_key,
-                "labels": labels_key, "benign_labels": benign_labels})
+                "labels": labels_key, "benign_labels": benign_labels, "validation": validation})
         for aname in suite.usable("attacks"):
             if _adaptive(suite, aname):
                 self.adaptive(suite, point, aname, dname, iname, source, target, victim, interp, attacks,
                               {"env": env, "env_key": env_key, "env_inputs": env_inputs, "common": common})
+
+    def validation_scores(self, name: str, aname: str, params: dict[str, Any], fit_key: str, adv: dict[str, Any],
+                          per_attack: bool, fitted_from: tuple[str, ...],
+                          common: dict[str, Any]) -> Optional[dict[str, str]]:
+        """The fitted detector's scores on the validation images and on their attacked versions: what a sweep
+        chooses its point on, so the evaluation images are read only to report the chosen point."""
+        from advbench.cache import make_key
+
+        if "validation_key" not in adv:
+            return None
+        images = {**params["images"], "validation": self.images("validation"),
+                  "validation_adversarial": self.images("adversarial", key=adv["validation_key"], start=0,
+                                                        stop=self.subset["n_validation"], of="validation")}
+        benign = make_key("scores-validation", {"subset": self.validation_key}, [fit_key])
+        self.add(Node(benign, "scores", f"{name}, benign validation images" + (f" ({aname})" if per_attack else ""), self.settings, inputs=fitted_from,
+                      params={**params, "images": images, "parts": ["validation"]}, **common))
+        adversarial = make_key("scores-validation-adversarial", {}, [fit_key, adv["validation_key"]])
+        self.add(Node(adversarial, "scores", f"{name}, {aname} on validation", self.settings,
+                      inputs=fitted_from + (adv["validation_key"],),
+                      params={**params, "images": images, "parts": ["validation_adversarial"]}, **common))
+        return {"benign": benign, "adversarial": adversarial, "attack_key": adv["validation_key"]}
 
     # ------------------------------------------------------------------ adaptive attacks
     def adaptive(self, suite: Any, point: Point, aname: str, dname: str, iname: Optional[str], source: str,
@@ -516,8 +577,8 @@ class _Builder:
         point.galleries.append(key)
 
     # ------------------------------------------------------------------ one point
-    def point(self, values: dict[str, Any], suite: Any) -> Point:
-        point = Point(values, suite)
+    def point(self, values: dict[str, Any], suite: Any, seed: Optional[int] = None) -> Point:
+        point = Point(values, suite, seed)
         spec = suite.spec
         victims: dict[str, Node] = {}
 

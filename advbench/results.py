@@ -28,11 +28,14 @@ from typing import Any, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-SCHEMA_VERSION = "1.1"  # 1.1: attack rows record their threat model; security, sanity_checks, comparisons
+SCHEMA_VERSION = "1.2"  # 1.1: attack rows record their threat model; security, sanity_checks, comparisons
+# 1.2: seeds, rows' seed, seed_summary; evaluation's split (n_validation, split_seed, indices); validation,
+# sweep_choice
 PRE_SCHEMA_VERSION = "0"  # what a results.json written before schema_version existed loads as
 
 __all__ = ["SCHEMA_VERSION", "Results", "VictimRow", "InterpreterRow", "AttackRow", "DetectionRow", "WorstCaseRow",
-           "SecurityRow", "SanityCheck", "Comparison", "StageRecord", "PluginRow", "validate_results", "json_schema"]
+           "SecurityRow", "SanityCheck", "Comparison", "SeedSummaryRow", "SweepChoice", "StageRecord", "PluginRow",
+           "validate_results", "json_schema"]
 
 
 class Row(BaseModel):
@@ -82,6 +85,10 @@ class Evaluation(Row):
     benign: Optional[Literal["natural", "paired"]] = Field(
         None, description="the detection rows' negatives: every evaluation image, or the adversarial inputs' originals")
     benign_pairing: Optional[str] = None
+    n_validation: Optional[int] = Field(None, description="images a sweep chooses its point on (0 without a sweep)")
+    split_seed: Optional[int] = Field(None, description="the seed of the test images' order the splits are cut from")
+    indices: Optional[dict[str, list[int]]] = Field(
+        None, description="test set indices of each split: eval, fit, calibration, validation (disjoint)")
 
 
 class VictimRow(Row):
@@ -105,6 +112,7 @@ class InterpreterRow(Row):
     n_train_masks: Optional[int] = None
     mask_channels: Optional[int] = None
     sweep: Optional[Sweep] = None
+    seed: Optional[int] = Field(None, description="the training seed, in a suite with seeds")
 
 
 class ThreatModelRow(Row):
@@ -146,6 +154,7 @@ class AttackRow(Row):
     median_l0: Optional[float] = None
     l0_unit: Optional[str] = None
     sweep: Optional[Sweep] = None
+    seed: Optional[int] = Field(None, description="the training seed, in a suite with seeds")
 
 
 class Roc(Row):
@@ -213,6 +222,7 @@ class DetectionRow(Metrics):
     recovery_rate: Optional[float] = None
     score_definition: Optional[str] = None
     sweep: Optional[Sweep] = None
+    seed: Optional[int] = Field(None, description="the training seed, in a suite with seeds")
     calibrated: Optional[dict[str, Optional[CalibratedPoint]]] = Field(
         None, description="fpr_1, fpr_5, fpr_10: TPR/FPR at thresholds chosen on held-out benign images")
 
@@ -227,6 +237,7 @@ class WorstCaseRow(Metrics):
     subset: Literal["all", "filtered"]
     n_pairs: int
     sweep: Optional[Sweep] = None
+    seed: Optional[int] = Field(None, description="the training seed, in a suite with seeds")
 
 
 class SecurityRow(Row):
@@ -270,6 +281,7 @@ class SecurityRow(Row):
     detected_share: Optional[float] = Field(description="flagged among the misclassified adversarial inputs")
     detected_share_ci: Optional[list[float]] = None
     sweep: Optional[Sweep] = None
+    seed: Optional[int] = Field(None, description="the training seed, in a suite with seeds")
 
 
 class SanityCheck(Row):
@@ -280,6 +292,7 @@ class SanityCheck(Row):
     scope: dict[str, Any] = Field(description="the identifying fields the compared rows share")
     detail: str = Field(description="one sentence with the numbers")
     sweep: Optional[Sweep] = None
+    seed: Optional[int] = Field(None, description="the training seed, in a suite with seeds")
 
 
 class Comparison(Row):
@@ -299,6 +312,7 @@ class Comparison(Row):
     p_value: Optional[float] = None
     significant: bool = Field(description="the interval excludes 0: best beyond noise")
     sweep: Optional[Sweep] = None
+    seed: Optional[int] = Field(None, description="the training seed, in a suite with seeds")
 
 
 class FailedCell(Row):
@@ -311,10 +325,51 @@ class FailedCell(Row):
 
 
 class Point(Row):
-    """One sweep point: its values and its victims (a swept field may change a victim)."""
+    """One sweep point or seed: its values and its victims (a swept field or a seed changes a victim)."""
 
-    sweep: Sweep
+    sweep: Sweep = Field(description="{} for a seed of a suite without a sweep")
+    seed: Optional[int] = Field(None, description="the training seed, in a suite with seeds")
     victims: dict[str, VictimRow] = Field(default_factory=dict)
+
+
+class SeedSummaryRow(Row):
+    """One figure of one row identity across the seeds (advbench.seeds). The identity fields are those of the
+    section the figure comes from (victims: victim; interpreters: victim, interpreter; detection and security:
+    detector, interpreter, attack, knowledge, source, target, and for detection subset and population)."""
+
+    section: Literal["victims", "interpreters", "detection", "security"]
+    metric: str = Field(description="clean_accuracy, mask_classifier_accuracy, auroc, tpr_cal_5, fpr_cal_5 or "
+                                    "success_under_detection")
+    n_seeds: int = Field(description="seeds where the figure was computed")
+    mean: float
+    std: Optional[float] = Field(description="sample standard deviation (n - 1); null for one seed")
+    min: float
+    max: float
+    seeds: list[int]
+    values: list[float] = Field(description="the figure at each of seeds, in that order")
+    sweep: Optional[Sweep] = None
+
+
+class SweepChoice(Row):
+    """The sweep point one (detector, interpreter, attack, source, target) reports: the best by validation AUROC
+    (advbench.selection), read on the evaluation images."""
+
+    detector: str
+    interpreter: Optional[str]
+    attack: str
+    source: str
+    target: str
+    subset: str
+    population: str
+    sweep: Sweep = Field(description="the chosen point")
+    n_points: int = Field(description="points compared")
+    tied: bool = Field(False, description="every compared point had the same validation AUROC: the first is "
+                                          "recorded, but nothing was chosen")
+    validation_auroc: float
+    validation_n_adversarial: Optional[int] = None
+    validation_n_benign: Optional[int] = None
+    evaluation_auroc: Optional[float] = Field(description="the chosen point's AUROC on the evaluation images")
+    evaluation_auroc_ci: Optional[list[float]] = Field(None, description="DeLong 95% interval of evaluation_auroc")
 
 
 class Results(Row):
@@ -328,7 +383,8 @@ class Results(Row):
     description: Optional[str] = None
     command: Optional[str] = None
     advbench_version: str
-    seed: int
+    seed: int = Field(description="the run's seed; with seeds, the first of them, which also splits the images")
+    seeds: Optional[list[int]] = Field(None, description="the training seeds the grid ran with (suite seeds)")
     device: str
     torch_version: Optional[str] = None
     python_version: Optional[str] = None
@@ -361,7 +417,14 @@ class Results(Row):
                                                                                "evaluation; failures are in warnings")
     warnings: list[str] = Field(default_factory=list)
     stages: list[StageRecord] = Field(default_factory=list)
-    points: Optional[list[Point]] = Field(None, description="each sweep point's victims; only in a sweep")
+    points: Optional[list[Point]] = Field(None, description="each sweep point's (and seed's) victims; only in a "
+                                                            "sweep or with seeds")
+    validation: Optional[list[DetectionRow]] = Field(
+        None, description="detection rows on the validation images (subset all); only in a sweep")
+    sweep_choice: Optional[list[SweepChoice]] = Field(None, description="per detection cell, the sweep point "
+                                                      "chosen on validation AUROC; only in a sweep")
+    seed_summary: Optional[list[SeedSummaryRow]] = Field(None, description="mean and spread across seeds; only "
+                                                         "with seeds")
 
     @model_validator(mode="before")
     @classmethod

@@ -28,8 +28,10 @@ from advbench.errors import AdvbenchError
 from advbench.outputs import write_outputs
 from advbench.plan import ADAPTIVE_FPR, Node, Plan, Point, Settings, build_plan, data_node
 from advbench.devices import resolve_device
-from advbench.stages import (InputMissing, attack_success, expected_fields, has_fields, load_dataset, run_node,
-                             subset_indices)
+from advbench.seeds import seed_summary
+from advbench.selection import sweep_choice
+from advbench.stages import (InputMissing, attack_success, calibration_indices, expected_fields, has_fields,
+                             load_dataset, run_node, subset_indices, validation_indices)
 from advbench.threat import NORMS, l0_unit
 from advbench.suite import Suite
 
@@ -190,10 +192,12 @@ class Assembler:
     """Reads a point's rows from its nodes' artifacts; a row whose nodes are not all done is left out."""
 
     def __init__(self, driver: Driver, data: Any, eval_y: torch.Tensor, eval_x: torch.Tensor, fit_y: torch.Tensor,
-                 spec_filtered: bool, sweep_base: dict[str, Any], benign: str = "natural") -> None:
+                 spec_filtered: bool, sweep_base: dict[str, Any], benign: str = "natural",
+                 validation_y: Optional[torch.Tensor] = None) -> None:
         self.driver = driver
         self.data = data
         self.eval_x, self.eval_y, self.fit_y = eval_x, eval_y, fit_y
+        self.validation_y = validation_y
         self.filtered = spec_filtered
         self.benign = benign
         self.sweep_base = sweep_base
@@ -203,9 +207,12 @@ class Assembler:
         return all(k is None or k in self.driver.done or k not in self.driver.plan.nodes for k in keys)
 
     def point(self, point: Point) -> dict[str, Any]:
-        sweep = {"sweep": dict(point.values)} if point.values else {}
+        # what every row of this point carries: its sweep point and its training seed, where there are several
+        tags = {**({"sweep": dict(point.values)} if point.values else {}),
+                **({"seed": point.seed} if point.seed is not None else {})}
         out: dict[str, Any] = {"victims": {}, "interpreters": [], "attacks": [], "detection": [], "worst_case": [],
-                               "security": [], "comparisons": [], "warnings": [], "_sweep": point.values}
+                               "security": [], "comparisons": [], "validation": [], "warnings": [],
+                               "_sweep": point.values, "_seed": point.seed}
         load = self.driver.load
         for name, entry in point.victims.items():
             if self.ready(entry["accuracy"]):
@@ -228,21 +235,21 @@ class Assembler:
                 "mask_classifier": entry["mask_classifier"], "mask_classifier_accuracy": accuracy,
                 "majority_class_share": float(counts.max() / max(1, len(read))) if len(read) else None,
                 "n_accuracy_masks": len(read), "n_train_masks": entry["n_train_masks"],
-                "mask_channels": self.mask_channels(entry), **sweep})
+                "mask_channels": self.mask_channels(entry), **tags})
         attacks = {}
         for entry in point.attacks:
             if not self.ready(entry["key"]):
                 continue
             adv = load(entry["key"])
             attacks[entry["key"]] = adv
-            row = self.attack_row(entry, adv, sweep)
+            row = self.attack_row(entry, adv, tags)
             for t in point.transfers:
                 if (t["attack"], t["source"]) == (entry["attack"], entry["source"]) and self.ready(t["key"]):
                     row.setdefault("transfer", {})[t["target"]] = self.transfer(adv, self.driver.load(t["key"]))
             out["attacks"].append(row)
-        self.detection(point, attacks, out, sweep)
+        self.detection(point, attacks, out, tags)
         for cell in point.unavailable:  # adaptive cells that could not run say why, in the same table
-            out["security"].append({**security.unavailable_row(**cell), **sweep})
+            out["security"].append({**security.unavailable_row(**cell), **tags})
         return out
 
     def mask_channels(self, entry: dict[str, Any]) -> Optional[int]:
@@ -252,7 +259,7 @@ class Assembler:
             channels = int(self.driver.load(entry["interp"]["masks_key"])["masks"].shape[1])
         return channels
 
-    def attack_row(self, entry: dict[str, Any], adv: dict[str, Any], sweep: dict[str, Any]) -> dict[str, Any]:
+    def attack_row(self, entry: dict[str, Any], adv: dict[str, Any], tags: dict[str, Any]) -> dict[str, Any]:
         n_eval = len(self.eval_x)
         y = torch.cat([self.eval_y, self.fit_y])[:len(adv["pred_clean"])]  # adaptive sets: evaluation images only
         # an attack succeeds on an input the victim classified correctly and now misclassifies (a targeted one:
@@ -282,7 +289,7 @@ class Assembler:
                 "success_rate_correct": float(ok.sum() / max(1, int(correct.sum()))) if n_eval else None,
                 "quantization_undone": int(undone.sum()),
                 **{f"{how}_{name}": summary(how, name) for how in ("mean", "median") for name in NORMS},
-                "l0_unit": l0_unit(threat["levels"]), **sweep}
+                "l0_unit": l0_unit(threat["levels"]), **tags}
 
     def transfer(self, adv: dict[str, Any], target: dict[str, torch.Tensor]) -> dict[str, Any]:
         """How the source's adversarial inputs fare against another victim (the evaluation images)."""
@@ -298,7 +305,7 @@ class Assembler:
                 "transfer_rate": float((both & fools_target).sum() / max(1, int(both.sum())))
                 if both.any() else None}
 
-    def detection(self, point: Point, attacks: dict, out: dict[str, Any], sweep: dict[str, Any]) -> None:
+    def detection(self, point: Point, attacks: dict, out: dict[str, Any], tags: dict[str, Any]) -> None:
         n_eval = len(self.eval_x)
         y = torch.cat([self.eval_y, self.fit_y])
         groups: dict[tuple, dict[str, Any]] = {}
@@ -319,7 +326,7 @@ class Assembler:
             group = groups.setdefault((d["detector"], d["interpreter"], d["source"], d["target"]), {})
             group[d["attack"]] = (scores, success)
             if calibration is not None:
-                out["security"].append(self.security(d, adv, scores["adversarial"]["score"], calibration, sweep))
+                out["security"].append(self.security(d, adv, scores["adversarial"]["score"], calibration, tags))
             subsets = ("all", "filtered") if (labels is not None and self.filtered) else ("all",)
             for subset in subsets:
                 keep = torch.ones(n_eval, dtype=torch.bool)
@@ -337,7 +344,7 @@ class Assembler:
                            "knowledge": d.get("knowledge", "oblivious"),
                            "source": d["source"], "target": d["target"], "subset": subset, "population": population,
                            "benign_population": self.benign, "n_benign": int(negatives.sum()),
-                           "score_definition": d["score_definition"], **sweep}
+                           "score_definition": d["score_definition"], **tags}
                     row.update(_metrics(scores, negatives, chosen))
                     same_inputs.setdefault((d["attack_key"], d["attack"], d["source"], d["target"], subset, population),
                                            {})[_label(d)] = (scores["benign"]["score"][negatives],
@@ -357,7 +364,8 @@ class Assembler:
                     else:
                         row["mask_invariance"] = row["recovery_rate"] = None
                     out["detection"].append(row)
-        out["comparisons"].extend(_comparisons(same_inputs, sweep))
+            out["validation"].extend(self.validation(d, tags))
+        out["comparisons"].extend(_comparisons(same_inputs, tags))
         fitted_per_attack = {(d["detector"], d["interpreter"], d["source"], d["target"])
                              for d in point.detections if d.get("adversarial_fit")}
         for (dname, iname, source, target), per in groups.items():
@@ -372,10 +380,30 @@ class Assembler:
                                               for a, (s, ok) in per.items()},
                                              first["benign"]["score"], first["benign"]["flag"])
                 out["worst_case"].append({"detector": dname, "interpreter": iname, "source": source, "target": target,
-                                          "subset": "all", **summary, **sweep})
+                                          "subset": "all", **summary, **tags})
+
+    def validation(self, d: dict[str, Any], tags: dict[str, Any]) -> list[dict[str, Any]]:
+        """One detection cell's rows on the validation images (every image, successful or attacked inputs, all
+        benign validation images as negatives): what a sweep's point is chosen on."""
+        keys = d.get("validation")
+        if not keys or not self.ready(keys["attack_key"], keys["benign"], keys["adversarial"]):
+            return []
+        adv = self.driver.load(keys["attack_key"])
+        scores = {"benign": self.driver.load(keys["benign"])["validation"],
+                  "adversarial": self.driver.load(keys["adversarial"])["validation_adversarial"]}
+        every = torch.ones(len(self.validation_y), dtype=torch.bool)
+        rows = []
+        for population, chosen in (("successful", attack_success(adv, self.validation_y)), ("attacked", every)):
+            row = {"detector": d["detector"], "interpreter": d["interpreter"], "attack": d["attack"],
+                   "knowledge": d.get("knowledge", "oblivious"), "source": d["source"], "target": d["target"],
+                   "subset": "all", "population": population, "benign_population": "natural",
+                   "score_definition": d["score_definition"], **tags}
+            row.update(_metrics(scores, every, chosen))
+            rows.append(row)
+        return rows
 
     def security(self, d: dict[str, Any], adv: dict[str, Any], adversarial_scores: torch.Tensor,
-                 calibration: torch.Tensor, sweep: dict[str, Any]) -> dict[str, Any]:
+                 calibration: torch.Tensor, tags: dict[str, Any]) -> dict[str, Any]:
         """Attack success under detection for one (detector, attack) cell, at the threshold an adaptive attacker
         is told: ``ADAPTIVE_FPR`` false positives on the calibration images."""
         n_eval = len(self.eval_y)
@@ -387,14 +415,15 @@ class Assembler:
             fit_attack=d.get("fit_attack"), y=self.eval_y, pred_clean=adv["pred_clean"][:n_eval],
             pred_adv=adv["pred_adv"][:n_eval], adversarial_scores=adversarial_scores, threshold=threshold,
             fpr=ADAPTIVE_FPR)
-        return {**row, **sweep}
+        return {**row, **tags}
 
     def where(self, point: Point) -> str:
+        seed = f" [seed {point.seed}]" if point.seed is not None else ""
         if not point.values:
-            return ""
+            return seed
         changed = {k: v for k, v in point.values.items() if k not in self.sweep_base or self.sweep_base[k] != v}
         where = ", ".join(f"{k}={v}" for k, v in changed.items()) or "the suite's own setting"
-        return f" [sweep point {where}]"
+        return f" [sweep point {where}]{seed}"
 
     def warnings(self, point: Point, results: dict[str, Any]) -> list[str]:
         found = []
@@ -510,7 +539,8 @@ def run_suite(suite: Suite, run_dir: Path, device: Any, cache: Cache, limit: Opt
     results: dict[str, Any] = {
         "suite": suite.name, "suite_file": suite.source, "description": suite.spec.description or None,
         "command": command, "advbench_version": advbench.__version__,
-        "seed": suite.spec.seed, "device": str(local_device), "torch_version": torch.__version__,
+        "seed": suite.spec.seed, **({"seeds": suite.spec.seeds} if suite.spec.seeds else {}),
+        "device": str(local_device), "torch_version": torch.__version__,
         "python_version": platform.python_version(), "started": started.isoformat(timespec="seconds"),
         "git_commit": _git_commit(run_dir), "host": {"cpus": os.cpu_count(), "torch_threads": threads,
                                               "cuda_device": torch.cuda.get_device_name(0)
@@ -546,19 +576,26 @@ def run_suite(suite: Suite, run_dir: Path, device: Any, cache: Cache, limit: Opt
                        "cached": False, "key": dnode.key}
         plan = build_plan(suite, data, settings, limit)
         eval_idx, fit_idx = subset_indices(plan.subset)
+        split = {"eval": eval_idx, "fit": fit_idx, "calibration": calibration_indices(plan.subset),
+                 "validation": validation_indices(plan.subset)}
         results["dataset"] = {"plugin": dnode.label, "classes": data.classes, "n_train": len(data.train_x),
                               "n_test": len(data.test_x)}
         results["evaluation"] = {"n_eval": len(eval_idx), "n_fit": len(fit_idx),
                                  "n_calibration": plan.subset["n_calibration"],
+                                 "n_validation": plan.subset["n_validation"],
                                  "benign": suite.spec.evaluation.benign,
-                                 "benign_pairing": BENIGN_POPULATIONS[suite.spec.evaluation.benign]}
+                                 "benign_pairing": BENIGN_POPULATIONS[suite.spec.evaluation.benign],
+                                 # which test images each split holds: every seed and sweep point reads these
+                                 "split_seed": plan.subset["seed"],
+                                 "indices": {name: idx.tolist() for name, idx in split.items()}}
         driver = Driver(plan, cache, executor, on_event)
         driver.failed.extend(plan.failed)
         for failure in plan.failed:
             log.info("%s failed before running: %s", failure["label"], failure["error"])
         driver.records.append(data_record)
         assembler = Assembler(driver, data, data.test_y[eval_idx], data.test_x[eval_idx], data.test_y[fit_idx],
-                              suite.spec.evaluation.filtered, results["sweep_base"], suite.spec.evaluation.benign)
+                              suite.spec.evaluation.filtered, results["sweep_base"], suite.spec.evaluation.benign,
+                              data.test_y[split["validation"]])
         driver.check_cached()
         cache.root.mkdir(parents=True, exist_ok=True)  # a remote worker checks it can see this folder
         executor.open(on_event)
@@ -579,9 +616,10 @@ def run_suite(suite: Suite, run_dir: Path, device: Any, cache: Cache, limit: Opt
                            "missing": list(results["missing"])}
                 for i in sorted(finished_points):
                     _merge(partial, _assemble(assembler, plan.points[i]))
-                partial["missing"].append(f"in progress: {len(finished_points)} of {len(plan.points)} sweep points "
-                                          "finished")
+                unit = "seeds" if suite.spec.seeds else "sweep points"
+                partial["missing"].append(f"in progress: {len(finished_points)} of {len(plan.points)} {unit} finished")
                 partial["stages"] = _stage_records(driver)
+                _summarise(partial)
                 write_outputs(run_dir, partial, gallery)
 
         driver.run(on_finished=snapshot)
@@ -619,6 +657,7 @@ def run_suite(suite: Suite, run_dir: Path, device: Any, cache: Cache, limit: Opt
                 results["failed"] = driver.failed
             results["finished"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
             results["wall_seconds"] = round(time.perf_counter() - t0, 2)
+            _summarise(results)
             write_outputs(run_dir, results, gallery)
     if error is not None:
         raise error
@@ -638,6 +677,7 @@ def _point_keys(point: Point) -> list[str]:
     keys += [entry["key"] for entry in point.attacks]
     for d in point.detections:
         keys += [k for k in (d["benign"], d["adversarial"], d["labels"], d["benign_labels"]) if k]
+        keys += list((d.get("validation") or {}).values())
     return keys
 
 
@@ -645,6 +685,14 @@ def _assemble(assembler: Assembler, point: Point) -> dict[str, Any]:
     out = assembler.point(point)
     out["warnings"] = out["warnings"] + assembler.warnings(point, out)
     return out
+
+
+def _summarise(results: dict[str, Any]) -> None:
+    """The sections read across rows: mean and spread across seeds, and each sweep's point chosen on validation."""
+    if results.get("seeds"):
+        results["seed_summary"] = seed_summary(results)
+    if results.get("validation"):
+        results["sweep_choice"] = sweep_choice(results["validation"], results["detection"])
 
 
 def _sanity(results: dict[str, Any]) -> None:
@@ -657,11 +705,17 @@ def _sanity(results: dict[str, Any]) -> None:
 
 
 def _merge(results: dict[str, Any], out: dict[str, Any]) -> None:
-    for key in ("interpreters", "attacks", "detection", "worst_case", "security", "comparisons", "warnings"):
-        results.setdefault(key, []).extend(out.get(key, []))
-    results["victims"].update(out.get("victims", {}))
-    if out.get("_sweep"):  # a swept field may change a victim: keep every point's
-        results.setdefault("points", []).append({"sweep": out["_sweep"], "victims": out.get("victims", {})})
+    for key in ("interpreters", "attacks", "detection", "worst_case", "security", "comparisons", "validation",
+                "warnings"):
+        if out.get(key) or key in results:  # a run without a sweep has no validation section at all
+            results.setdefault(key, []).extend(out.get(key, []))
+    seed = out.get("_seed")
+    if seed is None or seed == results["seed"]:  # victims: the first seed's, the one a one-seed run trains
+        results["victims"].update(out.get("victims", {}))
+    if out.get("_sweep") or seed is not None:  # a swept field or a seed changes a victim: keep every point's
+        results.setdefault("points", []).append({"sweep": out.get("_sweep") or {},
+                                                 **({"seed": seed} if seed is not None else {}),
+                                                 "victims": out.get("victims", {})})
     results.setdefault("dataset", out.get("dataset"))
     results.setdefault("evaluation", out.get("evaluation"))
 

@@ -143,10 +143,10 @@ def _identity(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def _key(row: dict[str, Any], ignore: Iterable[str]) -> str:
-    """What a row's identity is without the ``ignore``d fields (and the attack's name), and its sweep point."""
+    """What a row's identity is without the ``ignore``d fields (and the attack's name), its sweep point and seed."""
     ignore = set(ignore)
     scope = {k: v for k, v in _identity(row).items() if k not in ignore}
-    return json.dumps([scope, row.get("sweep") or {}], sort_keys=True, default=str)
+    return json.dumps([scope, row.get("sweep") or {}, row.get("seed")], sort_keys=True, default=str)
 
 
 def _groups(rows: Iterable[dict[str, Any]], ignore: Iterable[str]) -> dict[str, list[dict[str, Any]]]:
@@ -166,6 +166,8 @@ def _entry(check: str, outcome: str, row: dict[str, Any], ignore: Iterable[str],
     entry = {"check": check, "outcome": outcome, "scope": _scope(row, ignore), "detail": detail}
     if row.get("sweep"):
         entry["sweep"] = row["sweep"]
+    if row.get("seed") is not None:
+        entry["seed"] = row["seed"]
     return entry
 
 

@@ -226,14 +226,18 @@ def calibration_indices(subset: dict[str, Any]) -> torch.Tensor:
     return test_order(subset)[start:start + subset.get("n_calibration", 0)]
 
 
+def validation_indices(subset: dict[str, Any]) -> torch.Tensor:
+    """The validation images a sweep chooses its point on: after the calibration images in the seeded test order."""
+    start = subset["n_eval"] + subset["n_fit"] + subset.get("n_calibration", 0)
+    return test_order(subset)[start:start + subset.get("n_validation", 0)]
+
+
 def images(worker: Worker, spec: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
     """An image set a node reads, from plain data: the evaluation or fitting images, the first N of the test order,
-    the whole test set, or a slice of an adversarial set."""
+    the whole test set, or a slice of an adversarial set (of the evaluation and fitting images, or of ``of``)."""
     if spec["set"] == "adversarial":
         adv = worker.load(spec["key"], "x_adv", "pred_clean", "pred_adv")
-        data = load_dataset(spec["data"])
-        eval_idx, fit_idx = subset_indices(spec["subset"])
-        y = torch.cat([data.test_y[eval_idx], data.test_y[fit_idx]])
+        _, y = images(worker, {**spec, "set": spec.get("of", "eval+fit")})
         return adv["x_adv"][spec["start"]:spec["stop"]], y[spec["start"]:spec["stop"]]
     data = load_dataset(spec["data"])
     if spec["set"] == "test":
@@ -243,6 +247,9 @@ def images(worker: Worker, spec: dict[str, Any]) -> tuple[torch.Tensor, torch.Te
         return data.test_x[idx], data.test_y[idx]
     if spec["set"] == "calibration":
         idx = calibration_indices(spec["subset"])
+        return data.test_x[idx], data.test_y[idx]
+    if spec["set"] == "validation":
+        idx = validation_indices(spec["subset"])
         return data.test_x[idx], data.test_y[idx]
     eval_idx, fit_idx = subset_indices(spec["subset"])
     idx = {"eval": eval_idx, "fit": fit_idx, "eval+fit": torch.cat([eval_idx, fit_idx])}[spec["set"]]
@@ -407,7 +414,8 @@ def stage_attack_chunk(node: Node, worker: Worker) -> dict[str, Any]:
     model = load_classifier(p["victim"], worker)
     x, y = images(worker, p["images"])
     x, y = x[p["start"]:p["start"] + p["size"]], y[p["start"]:p["start"] + p["size"]]
-    ctx = worker.ctx("attack", p["attack"], p["source"], p["start"])
+    # the validation images' chunks draw their own random starts, not those of the evaluation chunk at the same start
+    ctx = worker.ctx("attack", p["attack"], p["source"], p["start"], *([p["split"]] if p.get("split") else []))
     threat = ThreatModel(**p["threat"])
     if threat.targeted:
         y = draw_targets(y, p["num_classes"], ctx.generator("targets"))

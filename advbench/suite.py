@@ -75,6 +75,9 @@ class EvaluationSpec(_Strict):
     n_fit: int = Field(200, ge=0, description="further test images, disjoint, to fit detectors that learn")
     n_calibration: int = Field(200, ge=0, description="further benign test images, disjoint from both, on which "
                                                       "every detector's thresholds at 1, 5 and 10% FPR are chosen")
+    n_validation: int = Field(200, ge=0, description="with a sweep: further test images, disjoint from all three, "
+                                                     "attacked and scored at every sweep point; the point a "
+                                                     "detector reports is chosen on them (0: no validation split)")
     filtered: bool = Field(True, description="also report rows on inputs whose benign mask f2 reads correctly")
     benign: Literal["natural", "paired"] = Field(
         "natural", description="the negatives of every detection row: natural = every evaluation image, "
@@ -89,6 +92,8 @@ class SuiteSpec(_Strict):
     name: Optional[str] = None
     description: str = ""
     seed: int = Field(0, ge=0)
+    seeds: Optional[list[Any]] = Field(None, description="run the grid once per training seed (distinct integers "
+                                       ">= 0) on the same images, split by the first; mean and spread reported")
     device: Literal["auto", "cpu", "cuda"] = "auto"
     batch_size: int = Field(128, ge=1, le=65536)
     executor: ComponentSpec = Field(default_factory=lambda: ComponentSpec(plugin="local"))
@@ -131,6 +136,36 @@ class SuiteSpec(_Strict):
                     raise ValueError(f"{where}.{field}: found {_short(values)}; input should be a valid list of "
                                      "values")
         return value
+
+    @field_validator("seeds")
+    @classmethod
+    def _distinct_seeds(cls, value: Optional[list[Any]]) -> Optional[list[Any]]:
+        if value is None:
+            return value
+        allowed = "allowed: a non-empty list of distinct integers >= 0"
+        if not value:
+            raise ValueError(allowed)
+        for i, seed in enumerate(value):
+            # a bool is an int to Python, and YAML reads yes/no as one: not a seed
+            if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+                raise ValueError(f"seeds.{i}: found {_short(seed)}; {allowed}")
+            if seed in value[:i]:
+                raise ValueError(f"seeds.{i}: {seed} is repeated; {allowed}")
+        return value
+
+    @model_validator(mode="after")
+    def _one_seed_source(self) -> "SuiteSpec":
+        # the first of seeds is the seed of the image split and of the first run: a different seed beside it
+        # would leave unclear which one splits the images
+        if self.seeds is None:
+            return self
+        if "seed" in self.model_fields_set and self.seed != self.seeds[0]:
+            raise ValueError(f"seed: found {self.seed} beside seeds {self.seeds}; allowed: seed left out or equal "
+                             f"to the first of seeds ({self.seeds[0]}), which seeds the image split")
+        if self.sweep:
+            raise ValueError("seeds: cannot be combined with sweep yet; allowed: seeds or sweep")
+        self.seed = self.seeds[0]
+        return self
 
     @model_validator(mode="after")
     def _pairs_name_victims(self) -> "SuiteSpec":
@@ -605,7 +640,9 @@ def _describe(error: dict[str, Any], model: type[BaseModel], prefix: str = "") -
     message = error["msg"]
     if message.startswith("Value error, "):
         message = message[len("Value error, "):]
-        if ": " in message and message.split(": ", 1)[0].count(".") >= 1 and not prefix:
+        # a validator that names its own field path ("sweep.0: ..."; a whole-suite check's "seed: ...")
+        named = message.split(": ", 1)[0] if ": " in message else ""
+        if named and (named.count(".") >= 1 or not loc) and " " not in named and not prefix:
             inner_path, message = message.split(": ", 1)
             return inner_path, message
     return path, f"found {_short(found)}; {message[0].lower() + message[1:]}"

@@ -47,7 +47,10 @@ def test_every_node_is_plain_picklable_data_in_dependency_order(tmp_path):
     # the two eps points share everything but the attack and what reads it: shared nodes appear once
     stages = [n.stage for n in plan.nodes.values()]
     assert stages.count("victim") == 1 and stages.count("mask-classifier") == 1
-    assert stages.count("adversarial") == 3  # fgsm at two eps, and pgd once: both points share it
+    adversarial = [n.label for n in plan.nodes.values() if n.stage == "adversarial" and " against " not in n.label]
+    validation = [label for label in adversarial if "validation" in label]
+    assert len(adversarial) - len(validation) == 3  # fgsm at two eps, and pgd once: both points share it
+    assert len(validation) == 3  # the same sets on the validation images, where the sweep chooses its point
     assert len(plan.points[0].galleries) == 1 and not plan.points[1].galleries
 
 

@@ -15,6 +15,7 @@ import torch
 import yaml
 
 from advbench.report import render_report
+from advbench.selection import sweep_choice
 from advbench.report.format import fmt
 
 REPO = Path(__file__).resolve().parents[1]
@@ -55,6 +56,11 @@ def make_results(fields: list[str] | None = None, points: list[dict] | None = No
                         "sweep": dict(sweep)})
             worst.append({"detector": detector, "interpreter": interp, "source": "cnn", "target": "cnn",
                           "subset": "all", "n_pairs": 2, "auroc": 0.5, "tpr": 0.5, "tnr": 0.5, "sweep": dict(sweep)})
+    # the same rows on the validation images, with other AUROCs: the point a sweep reports is chosen on these
+    validation = [{**r, "auroc": _value(p, d, a, 4), "roc": None}
+                  for p, sweep in enumerate(points) for d, (detector, _) in enumerate(DETECTORS)
+                  for a, attack in enumerate(ATTACKS) for r in detection
+                  if (r["sweep"], r["detector"], r["attack"], r["subset"]) == (sweep, detector, attack, "all")]
     return {
         "suite": "sweep-test", "complete": True, "seed": 0, "device": "cpu", "sweep_fields": fields,
         "dataset": {"plugin": "digits", "classes": [str(i) for i in range(10)], "n_train": 100, "n_test": 50},
@@ -66,6 +72,8 @@ def make_results(fields: list[str] | None = None, points: list[dict] | None = No
                      "success_rate": 0.75, "mean_linf": 0.1, "mean_l2": 1.0, "mean_l0": 64, "sweep": dict(s)}
                     for s in points for a in ATTACKS],
         "detection": detection,
+        "validation": validation,
+        "sweep_choice": sweep_choice(validation, detection),
         "worst_case": worst,
         "warnings": ["contrastive/lan on fgsm (cnn->cnn, all): AUROC 0.510 is within 0.05 of label-only's 0.500"],
         "missing": [],
@@ -173,20 +181,39 @@ def test_section_and_table_values(synthetic):
             assert cells[lead + 3 * a: lead + 3 * a + 3] == [fmt(r["auroc"]), fmt(r["tpr"]), fmt(r["tnr"])]
 
 
-def test_best_setting_per_attack_is_bold(synthetic):
+def validation_auroc(results: dict, detector: str, attack: str, sweep: dict) -> float:
+    return next(r["auroc"] for r in results["validation"] if (r["detector"], r["attack"], r["sweep"], r["population"])
+                == (detector, attack, sweep, "successful"))
+
+
+def test_the_setting_chosen_on_validation_is_bold_not_the_best_on_evaluation(synthetic):
     results, html, page = synthetic
     table = page.tables["table-sweep"]
     header = [c[0] for c in table["head"][1]]
     lead = header.index("AUROC")
+    differs = 0
     for start, detector in [(0, "contrastive"), (3, "label-only")]:
         for a, attack in enumerate(ATTACKS):
-            values = [row_of(results, detector, attack, {FIELD: b})["auroc"] for b in BETAS]
-            best = values.index(max(values))
+            values = [validation_auroc(results, detector, attack, {FIELD: b}) for b in BETAS]
+            chosen = values.index(max(values))
+            evaluation = [row_of(results, detector, attack, {FIELD: b})["auroc"] for b in BETAS]
+            differs += evaluation.index(max(evaluation)) != chosen
             cells = [table["rows"][start + p][lead + 3 * a] for p in range(3)]
             assert [("best" in cls, "<strong>" in cls) for _, cls in cells] == \
-                [(p == best, p == best) for p in range(3)], (detector, attack)
+                [(p == chosen, p == chosen) for p in range(3)], (detector, attack)
             # TPR and TNR cells are never marked
             assert not any("best" in table["rows"][start + p][lead + 3 * a + 1][1] for p in range(3))
+    assert differs  # the fixture tells the two rules apart
+    assert "chosen for each attack (per detector) by AUROC on the validation images" in section(html)
+
+
+def test_without_validation_no_setting_is_marked(tmp_path):
+    results = make_results()
+    del results["validation"], results["sweep_choice"]
+    html = render(tmp_path, results)
+    table = Page(html).tables["table-sweep"]
+    assert not any("best" in cls for row in table["rows"] for _, cls in row)
+    assert "No setting is marked: the run has no validation images" in section(html)
 
 
 def test_scatter_has_one_marker_per_point_and_attack(synthetic):
@@ -217,9 +244,10 @@ def test_warnings_are_prominent(synthetic):
 
 def test_a_control_equal_at_every_setting_has_no_best(tmp_path):
     results = make_results()
-    for row in results["detection"]:
+    for row in results["detection"] + results["validation"]:
         if row["detector"] == "label-only":
             row["auroc"] = 0.6  # the control does not depend on the swept LAN field
+    results["sweep_choice"] = sweep_choice(results["validation"], results["detection"])
     table = Page(render(tmp_path, results)).tables["table-sweep"]
     lead = [c[0] for c in table["head"][1]].index("AUROC")
     control = [row for row in table["rows"] if row[0][0].startswith("label-only")]

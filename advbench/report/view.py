@@ -24,10 +24,12 @@ def subset(row: dict[str, Any]) -> str:
 
 
 def sweep_label(row: dict[str, Any]) -> str:
+    """What tells a row from its twins at other points of the grid: its sweep point and its training seed."""
     sweep = row.get("sweep")
-    if isinstance(sweep, dict) and sweep:
-        return ", ".join(f"{k}={v}" for k, v in sweep.items())
-    return ""
+    parts = [f"{k}={v}" for k, v in sweep.items()] if isinstance(sweep, dict) else []
+    if row.get("seed") is not None:
+        parts.append(f"seed={row['seed']}")
+    return ", ".join(parts)
 
 
 def interp_label(value: Any) -> str:

@@ -1,5 +1,6 @@
 """The sweep trade-off section: one table row per setting and detector, AUROC and f2 accuracy against the swept
 value, and a TPR/TNR scatter. It appears where results.json has a sweep (``sweep_fields``, or rows with ``sweep``).
+The setting marked for each detector and attack is the one chosen on the validation images (``sweep_choice``).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from typing import Any, Optional
 from markupsafe import Markup
 
 from advbench.report import figures
-from advbench.report.format import NA, Cell, Column, Table, is_number, num, text
+from advbench.report.format import NA, Cell, Column, Table, fmt, is_number, num, text
 from advbench.report.view import View, dicts, interp_label, mapping, ordered, sweep_label
 
 from advbench_reports.controls import control_note, is_control, rank
@@ -62,6 +63,28 @@ def sweep_points(results: dict[str, Any], view: View, fields: list[str]) -> list
         point["x"] = float(point["values"][fields[0]]) if numeric else index
     return points
 
+
+
+def validation_choices(results: dict[str, Any]) -> dict[tuple, dict[str, Any]]:
+    """(group, attack) -> the point chosen on the validation images (results.json ``sweep_choice``): its key and
+    validation AUROC. Left out where every point scored the same there (nothing was chosen)."""
+    out = {}
+    for c in dicts(results.get("sweep_choice")):
+        if c.get("tied") or not isinstance(c.get("sweep"), dict):
+            continue
+        group = (str(c.get("detector")), interp_label(c.get("interpreter")), c.get("source"), c.get("target"))
+        out[(group, str(c.get("attack")))] = {"key": sweep_key(c["sweep"]), "auroc": c.get("validation_auroc")}
+    return out
+
+
+def choice_note(results: dict[str, Any]) -> str:
+    """What the bold cells mean, or why there are none."""
+    if dicts(results.get("sweep_choice")):
+        return ("Bold: the setting chosen for each attack (per detector) by AUROC on the validation images, "
+                "disjoint from the evaluation images these rows are read on; the best row here would be chosen on "
+                "the test set.")
+    return ("No setting is marked: the run has no validation images (evaluation.n_validation: 0, or a run from "
+            "before the split), and the best row here would be chosen on the test set.")
 
 
 def sweep_section(results: dict[str, Any], view: View) -> Optional[dict[str, Any]]:
@@ -127,13 +150,7 @@ def sweep_section(results: dict[str, Any], view: View) -> Optional[dict[str, Any
         table_groups.append((attack, 3, "gs attack"))
     body: list[list[Cell]] = []
     row_cls: list[str] = []
-    best: dict[tuple, Any] = {}
-    for group in groups:
-        for attack in attacks:
-            values = [detection.get((group, p["key"], attack), {}).get("auroc") for p in points]
-            numbers = [v for v in values if is_number(v)]
-            # no "best" where every setting scores the same (a control the swept fields do not reach)
-            best[(group, attack)] = max(numbers) if len(set(numbers)) > 1 else None
+    chosen = validation_choices(results)
     for gi, group in enumerate(groups):
         detector, interp, source, target = group
         control = is_control(detector)
@@ -151,16 +168,18 @@ def sweep_section(results: dict[str, Any], view: View) -> Optional[dict[str, Any
             for attack in attacks:
                 r = detection.get((group, point["key"], attack), {})
                 auroc = num(r.get("auroc"), cls="gs")
-                if best[(group, attack)] is not None and r.get("auroc") == best[(group, attack)]:
+                choice = chosen.get((group, attack))
+                if choice is not None and choice["key"] == point["key"]:
                     auroc = num(r.get("auroc"), cls="gs best")
-                    auroc.title = f"best setting for {attack} by AUROC"
+                    auroc.title = (f"chosen for {attack} on the validation images (validation AUROC "
+                                   f"{fmt(choice['auroc'])})")
                 cells += [auroc, num(r.get("tpr")), num(r.get("tnr"))]
             body.append(cells)
             row_cls.append(" ".join(c for c in ["group-start" if pi == 0 and gi > 0 else "",
                                                 "control" if control else ""] if c))
     table = Table("table-sweep", columns, body,
-                  "One row per setting and detector: successful adversarial inputs, all test inputs. Bold: the "
-                  "best setting for each attack by AUROC (per detector).", groups=table_groups, row_cls=row_cls)
+                  "One row per setting and detector: successful adversarial inputs, all test inputs. "
+                  + choice_note(results), groups=table_groups, row_cls=row_cls)
 
     def group_label(group: tuple) -> str:
         detector, interp, source, target = group
@@ -206,7 +225,7 @@ def sweep_section(results: dict[str, Any], view: View) -> Optional[dict[str, Any
         order = " (interpretation-based detectors first" + control_note([g[0] for g in groups]) + ")"
     fields_text = Markup(", ").join(Markup("<code>{}</code>").format(f) for f in fields)
     values_text = f" ({', '.join(p['label'] for p in points)})" if len(fields) == 1 else ""
-    return {"fields": fields, "points": points, "table": table, "attacks": attacks,
+    return {"fields": fields, "points": points, "table": table, "attacks": attacks, "choice_note": choice_note(results),
             "fields_text": fields_text, "values_text": values_text, "order_text": order,
             "groups": [group_label(g) for g in groups], "panels": panels, "numeric": numeric, "xlabel": xlabel,
             "x": [p["x"] for p in points], "xticklabels": [p["label"] for p in points], "scatter": scatter,
