@@ -120,8 +120,8 @@ class ThreatModelRow(Row):
 
     norm: str = Field(description="linf, l2 or l0")
     eps: Optional[float] = Field(description="the budget in that norm; null: unbounded")
-    quantize: bool = Field(description="outputs rounded onto the data's intensity grid")
-    targeted: bool = Field(description="success means reaching a harness-drawn target label")
+    quantize: Optional[bool] = Field(None, description="outputs rounded onto the data's intensity grid")
+    targeted: Optional[bool] = Field(None, description="success means reaching a harness-drawn target label")
     levels: Optional[int] = Field(None, description="the data's grid: intensities are multiples of 1/levels")
 
 
