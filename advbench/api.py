@@ -356,6 +356,9 @@ class Detector(Component):
     # backward pass), "eot" (random parts averaged over draws), "bpda+eot"; "" = no differentiable score, so an
     # adaptive attack cannot run against this detector and its adaptive rows say so
     adaptive_gradient: ClassVar[str] = ""
+    # bumped when ``attack_score`` changes what an adaptive attack crafts while ``score`` stays as it was: part
+    # of the adaptive sets' cache keys only (fits and oblivious rows keep theirs)
+    attack_revision: ClassVar[str] = "1"
 
     def attack_score(self, env: DetectorEnv, x: torch.Tensor, ctx: RunContext) -> torch.Tensor:
         """``score(...).score`` as a differentiable function of ``x`` (a batch on the device), for adaptive

@@ -430,7 +430,7 @@ class _Builder:
                 "score_definition": getattr(dreg.cls, "score_definition", None) or dreg.cls.description,
                 "adversarial_fit": adversarial_fit, "knowledge": "oblivious", "attack_plugin": adv["plugin"],
                 "threat_model": adv.get("threat_model"), "steps": adv.get("steps"),
-                "gradient": dreg.cls.adaptive_gradient or None, "fit_attack": None,
+                "gradient": dreg.cls.adaptive_gradient or None, "fit_attack": aname if adversarial_fit else None,
                 "benign": benign_key, "adversarial": adversarial_key, "attack_key": adv["key"],
                 "calibration": calibration_key, "transfer": transfer_key,
                 "labels": labels_key, "benign_labels": benign_labels, "validation": validation})
@@ -511,6 +511,8 @@ class _Builder:
                   "salt": ["adaptive", aname, dname, iname, target], "subset": self.subset_key,
                   "numerics": self.numerics, "threat": threat, "template": TEMPLATE_REVISION,
                   "fpr": ADAPTIVE_FPR, "gradient": dreg.cls.adaptive_gradient}
+        if dreg.cls.attack_revision != "1":  # the first revision leaves the key as it was made before the field
+            config["attack_revision"] = dreg.cls.attack_revision
         base_key = make_key("adversarial", config, [victim.key, fit_key, calibration_key], identity(areg))
         reads = defence["env_inputs"] + (calibration_key,) + ((fit_adv["key"],) if fit_adv else ())
         detector = {"plugin": _with_kind(dreg), "options": _options(doptions), "detector": dname,
@@ -625,9 +627,11 @@ def _adaptive(suite: Any, aname: str) -> bool:
 
 
 def _steps(options: Any) -> Optional[int]:
-    """An attack's iteration budget where its options name one (the sanity checks compare step counts)."""
+    """An attack's iteration budget where its options name one (the sanity checks compare step counts): steps,
+    times the rounds of a search that restarts them (joint PGD's lambda search)."""
     value = getattr(options, "steps", None)
-    return int(value) if isinstance(value, int) else None
+    rounds = getattr(options, "search_steps", 1)
+    return int(value) * int(rounds) if isinstance(value, int) and isinstance(rounds, int) else None
 
 
 def _stored(node: Node) -> tuple[str, ...]:

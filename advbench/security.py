@@ -26,11 +26,12 @@ from advbench.metrics import DIGITS, _array, _scores, wilson_interval
 LARGE_EPS = {"linf": 0.5, "l2": 10.0}
 REACH = 0.95  # "success reaches ~1.0": at a large budget the interval must reach this rate
 CHECKS = ("eps-growth", "more-steps", "transfer-vs-whitebox")
-# a row's identity as the checks group it: everything that names a cell except the attack's own name
-IDENTITY = ("detector", "interpreter", "fit_attack", "target", "source", "attack_plugin", "knowledge", "gradient",
+# a row's identity as the checks group it: everything that names a cell except the attack's own name (and the
+# attack a detector was fitted on, which follows the budget: grouping on it would split every eps series)
+IDENTITY = ("detector", "interpreter", "target", "source", "attack_plugin", "knowledge", "gradient",
             "norm", "eps", "steps", "targeted", "quantize")
 # an oblivious attack never sees the detector: its success without the detector is one number for all detectors
-DETECTOR_FIELDS = ("detector", "interpreter", "fit_attack")
+DETECTOR_FIELDS = ("detector", "interpreter")
 
 
 def _identifying(detector: str, interpreter: Optional[str], target: str, source: str, attack: str,

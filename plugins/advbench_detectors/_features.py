@@ -138,12 +138,17 @@ def fit_logistic(benign_features: torch.Tensor, adversarial_features: torch.Tens
 
 def differentiable_adversarial(model: Pipeline, features: torch.Tensor) -> torch.Tensor:
     """``predict_adversarial`` as torch operations, differentiable in ``features`` (for ``attack_score``): the
-    fitted standardization and the binary logistic regression, sigmoid(w . (f - mean) / scale + b), in float64."""
+    fitted standardization and the binary logistic regression, sigmoid(w . (f - mean) / scale + b), in float64.
+
+    The value is the probability; the gradient is the logit's (straight through the sigmoid). The sigmoid's own
+    gradient p(1 - p) vanishes on confidently flagged inputs (underflowing to 0 in float32 past a logit of ~100),
+    which would stop an attack exactly where it has work to do: gradient masking, not robustness."""
     scaler, logistic = model[0], model[-1]
     mean, scale, weights = (torch.as_tensor(a, dtype=torch.float64, device=features.device)
                             for a in (scaler.mean_, scaler.scale_, logistic.coef_[0]))
     logit = ((features.double() - mean) / scale) @ weights + float(logistic.intercept_[0])
-    return torch.sigmoid(logit).float()
+    probability = torch.sigmoid(logit)
+    return (probability + (logit - logit.detach())).float()  # zero added: same values, the logit's gradient
 
 
 def predict_adversarial(model: Pipeline, features: torch.Tensor, device: Optional[torch.device] = None

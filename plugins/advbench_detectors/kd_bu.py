@@ -66,6 +66,7 @@ class KdBu(DeviceCache, Detector):
     Options = KdBuOptions
     needs_adversarial_fit = True
     adaptive_gradient = "eot"
+    attack_revision = "2"  # 2: the logistic regression passes the logit's gradient (the sigmoid's vanished)
     # MC-dropout passes ``attack_score`` estimates the uncertainty from (fresh masks each step); not an option, so
     # the detector's cache keys stay as they were
     attack_mc_samples: ClassVar[int] = 5

@@ -36,6 +36,7 @@ class LabelOnly(Detector):
     Options = LabelOnlyOptions
     needs_adversarial_fit = True
     adaptive_gradient = "bpda"
+    attack_revision = "2"  # 2: the logistic regression passes the logit's gradient (the sigmoid's vanished)
 
     def __init__(self, options: Optional[Options] = None, **kwargs) -> None:
         super().__init__(options, **kwargs)

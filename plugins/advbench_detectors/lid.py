@@ -54,6 +54,7 @@ class Lid(DeviceCache, Detector):
     Options = LidOptions
     needs_adversarial_fit = True
     adaptive_gradient = "exact"
+    attack_revision = "2"  # 2: the logistic regression passes the logit's gradient (the sigmoid's vanished)
 
     def __init__(self, options: Optional[Options] = None, **kwargs) -> None:
         super().__init__(options, **kwargs)

@@ -46,8 +46,7 @@ def _attack_name(row: dict[str, Any]) -> str:
 
 
 def _detector_key(row: dict[str, Any]) -> tuple:
-    return (str(row.get("detector")), interp_label(row.get("interpreter")), row.get("fit_attack") or "",
-            sweep_label(row))
+    return (str(row.get("detector")), interp_label(row.get("interpreter")), sweep_label(row))
 
 
 def _attack_key(row: dict[str, Any]) -> tuple:
@@ -100,10 +99,8 @@ def security_tables(rows: list[dict[str, Any]]) -> list[Table]:
         cells = {}
         for r in mine:
             cells.setdefault((_detector_key(r), _budget(r), _attack_key(r)), r)
-        show_fit = any(d[2] for d in detectors)
-        show_sweep = any(d[3] for d in detectors)
+        show_sweep = any(d[2] for d in detectors)
         columns = [Column("detector"), Column("interpreter")]
-        columns += [Column("fitted on", title="the attack the detector was fitted on")] if show_fit else []
         columns += [Column("setting", "sweepval", "sweep point")] if show_sweep else []
         groups = [("", len(columns), "")]
         for budget in budgets:
@@ -114,9 +111,8 @@ def security_tables(rows: list[dict[str, Any]]) -> list[Table]:
             groups.append((budget, len(attacks[budget]), "gs attack"))
         body, row_cls = [], []
         for detector in detectors:
-            name, interp, fit, sweep = detector
+            name, interp, sweep = detector
             line = [Cell(name + (" (control)" if is_control(name) else "")), Cell(interp, "na" if interp == NA else "")]
-            line += [text(fit)] if show_fit else []
             line += [text(sweep, "sweepval")] if show_sweep else []
             for budget in budgets:
                 for k, attack in enumerate(attacks[budget]):
@@ -147,7 +143,7 @@ def security_figures(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for r in measured:
         panels.setdefault((r.get("target"), *_detector_key(r), str(r.get("norm"))), []).append(r)
     out = []
-    for index, ((target, detector, interp, fit, sweep, norm), members) in enumerate(panels.items()):
+    for index, ((target, detector, interp, sweep, norm), members) in enumerate(panels.items()):
         members.sort(key=_eps_key)
         budgets = ordered(_eps(r) for r in members)
         series = []
@@ -161,7 +157,7 @@ def security_figures(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                            "values": [line[e].get("success_under_detection") if e in line else None for e in budgets],
                            "intervals": [line[e].get("success_under_detection_ci") if e in line else None
                                          for e in budgets]})
-        title = f"{detector}" + (f"/{interp}" if interp != NA else "") + (f" fitted on {fit}" if fit else "") + \
+        title = f"{detector}" + (f"/{interp}" if interp != NA else "") + \
             f" on {target}" + (f" · {sweep}" if sweep else "")
         try:
             svg = figures.sweep_lines_figure([{"title": "", "ylabel": "success under detection", "series": series}],
