@@ -543,9 +543,22 @@ class _Builder:
         self.add(Node(scores_key, "scores", f"{dname}{'/' + iname if iname else ''} on {target}, {aname} (adaptive)",
                       self.settings, inputs=reads + (base_key,), params={**params, "parts": ["adversarial"]},
                       **defence["common"]))
-        # benign scores of the same fitted model: the oblivious rows' node (same fit key, same formula)
-        benign_key = make_key("scores-for", {}, [fit_key, fit_adv["key"]]) if fit_adv else \
-            make_key("scores-benign", {}, [fit_key])
+        # benign and calibration scores of the same fitted model: the oblivious rows' nodes (same keys), added
+        # here too so a suite whose only attacks are adaptive still computes them
+        if fit_adv:
+            benign_key = make_key("scores-for", {}, [fit_key, fit_adv["key"]])
+            benign_parts, benign_reads = ["benign", "adversarial"], defence["env_inputs"] + (fit_adv["key"],)
+        else:
+            benign_key = make_key("scores-benign", {}, [fit_key])
+            benign_parts, benign_reads = ["benign"], defence["env_inputs"]
+        fit_params = {**params, "images": {**params["images"], "adversarial": self.images(
+            "adversarial", key=fit_adv["key"], start=0, stop=n_eval) if fit_adv else adv_set}}
+        self.add(Node(benign_key, "scores", f"{dname}{'/' + iname if iname else ''} on {target}, benign",
+                      self.settings, inputs=benign_reads, params={**fit_params, "parts": benign_parts},
+                      **defence["common"]))
+        self.add(Node(calibration_key, "scores", f"{dname}{'/' + iname if iname else ''} on {target}, calibration",
+                      self.settings, inputs=benign_reads, params={**fit_params, "parts": ["calibration"]},
+                      **defence["common"]))
         labels_key = benign_labels = None
         if interp is not None:
             labels_key = make_key("mask-labels", {"set": "adversarial", "numerics": self.numerics}, [env_key, base_key])

@@ -403,19 +403,22 @@ class Assembler:
         return rows
 
     def security(self, d: dict[str, Any], adv: dict[str, Any], adversarial_scores: torch.Tensor,
-                 calibration: torch.Tensor, tags: dict[str, Any]) -> dict[str, Any]:
+                 calibration: torch.Tensor, sweep: dict[str, Any]) -> dict[str, Any]:
         """Attack success under detection for one (detector, attack) cell, at the threshold an adaptive attacker
-        is told: ``ADAPTIVE_FPR`` false positives on the calibration images."""
+        is told: ``ADAPTIVE_FPR`` false positives on the calibration images. Success is judged by the target
+        victim: on a transfer pair, by its own labels of the transferred inputs, not the source's."""
         n_eval = len(self.eval_y)
         threshold = metrics.calibrated_threshold(calibration, ADAPTIVE_FPR)
+        labels = self.driver.load(d["transfer"]) if d.get("transfer") else adv
+        targets = adv["target"][:n_eval] if "target" in adv else None
         row = security.security_row(
             detector=d["detector"], interpreter=d["interpreter"], target=d["target"], source=d["source"],
             attack=d["attack"], attack_plugin=d.get("attack_plugin"), knowledge=d.get("knowledge", "oblivious"),
             threat_model=d.get("threat_model") or {}, steps=d.get("steps"), gradient=d.get("gradient"),
-            fit_attack=d.get("fit_attack"), y=self.eval_y, pred_clean=adv["pred_clean"][:n_eval],
-            pred_adv=adv["pred_adv"][:n_eval], adversarial_scores=adversarial_scores, threshold=threshold,
-            fpr=ADAPTIVE_FPR)
-        return {**row, **tags}
+            fit_attack=d.get("fit_attack"), y=self.eval_y, pred_clean=labels["pred_clean"][:n_eval],
+            pred_adv=labels["pred_adv"][:n_eval], adversarial_scores=adversarial_scores, threshold=threshold,
+            fpr=ADAPTIVE_FPR, targets=targets)
+        return {**row, **sweep}
 
     def where(self, point: Point) -> str:
         seed = f" [seed {point.seed}]" if point.seed is not None else ""

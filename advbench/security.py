@@ -61,12 +61,14 @@ def _rate(hits: int, n: int) -> Optional[float]:
 def security_row(*, detector: str, interpreter: Optional[str], target: str, source: str, attack: str,
                  attack_plugin: str, knowledge: str, threat_model: dict[str, Any], steps: Optional[int],
                  gradient: str, fit_attack: Optional[str], y: Any, pred_clean: Any, pred_adv: Any,
-                 adversarial_scores: Any, threshold: float, fpr: float) -> dict[str, Any]:
+                 adversarial_scores: Any, threshold: float, fpr: float,
+                 targets: Optional[Any] = None) -> dict[str, Any]:
     """One cell's attack success with and without the detector, from one entry per evaluation input.
 
     ``y`` true labels, ``pred_clean``/``pred_adv`` the target victim's labels of the clean and adversarial input,
     ``adversarial_scores`` the detector's score of the adversarial input; ``threshold`` is the detector's at
-    ``fpr`` false positives on held-out benign images. Counts: ``n_correct`` (clean input classified right),
+    ``fpr`` false positives on held-out benign images; ``targets``, for a targeted attack, the labels it was
+    sent to reach (then "misclassified" means given the target, as the attack rows count it). Counts: ``n_correct`` (clean input classified right),
     ``n_misclassified`` (of those, the adversarial one classified wrong), ``n_evaded`` (of those, not flagged).
     Rates, each with a ``_ci``: ``success_rate`` = misclassified / correct (the detector ignored),
     ``success_under_detection`` = evaded / correct, ``robust_accuracy_detection_aware`` = 1 - that (over the
@@ -79,7 +81,8 @@ def security_row(*, detector: str, interpreter: Optional[str], target: str, sour
         raise ValueError(f"y, pred_clean, pred_adv and adversarial_scores differ in length: {truth.size}, "
                          f"{clean.size}, {adversarial.size}, {scores.size}")
     correct = clean == truth
-    misclassified = correct & (adversarial != truth)
+    hit = adversarial != truth if targets is None else adversarial == _array(targets, np.int64)
+    misclassified = correct & hit
     evaded = misclassified & (scores <= _in_precision(threshold, adversarial_scores))
     n_correct, n_misclassified, n_evaded = int(correct.sum()), int(misclassified.sum()), int(evaded.sum())
     n_detected = n_misclassified - n_evaded

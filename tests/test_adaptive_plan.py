@@ -137,3 +137,42 @@ def test_adaptive_attack_gets_the_held_out_threshold_and_is_reported_beside_obli
     detection = [r for r in results["detection"] if r["attack"] == "darken"]
     assert {r["detector"] for r in detection} == {"contrastive", "zz-bright"}
     assert all(r["knowledge"] == "adaptive" for r in detection)
+
+
+def test_a_suite_whose_only_attack_is_adaptive_runs(tmp_path):
+    """No oblivious attack: the adaptive cell still gets its detector's benign and calibration scores."""
+    from conftest import advbench_cli
+
+    suite = small_digits(tmp_path, detectors={"contrastive": {}},
+                         attacks={"opgd": {"plugin": "opgd", "options": {"eps": 0.2, "alpha": 0.05, "steps": 5}}})
+    advbench_cli("run", suite, "--out", str(tmp_path / "run"), "--threads", "1", "--no-report",
+                 cache=tmp_path / "cache")
+    results = load_results(tmp_path / "run")
+    row, = [r for r in results["security"] if r["knowledge"] == "adaptive"]
+    assert row["status"] == "ok" and row["n_correct"] > 0 and row["threshold"] is not None
+    assert {r["attack"] for r in results["detection"]} == {"opgd"}
+
+
+def test_transfer_security_rows_judge_success_by_the_target_victim(tmp_path):
+    """A transferred input counts as a success only where the TARGET misclassifies it (its own labels)."""
+    import yaml
+
+    from conftest import advbench_cli
+
+    raw = yaml.safe_load(open(small_digits(tmp_path, detectors={"contrastive": {}})))
+    raw["victims"]["other"] = {"plugin": "small-cnn", "options": {"epochs": 2}}
+    raw["evaluation"]["pairs"] = [{"source": "cnn", "target": "cnn"}, {"source": "other", "target": "cnn"}]
+    raw["attacks"].pop("pgd")
+    raw["attacks"]["opgd"] = {"plugin": "opgd", "options": {"eps": 0.2, "alpha": 0.05, "steps": 3}}
+    path = tmp_path / "transfer.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    advbench_cli("run", str(path), "--out", str(tmp_path / "run"), "--threads", "1", "--no-report",
+                 cache=tmp_path / "cache")
+    results = load_results(tmp_path / "run")
+    crafted = next(a for a in results["attacks"] if a["source"] == "other" and a["attack"] == "fgsm")
+    on_target = crafted["transfer"]["cnn"]
+    row, = [r for r in results["security"] if r["source"] == "other" and r["attack"] == "fgsm"]
+    assert row["n_correct"] == on_target["n_target_correct"]
+    assert row["n_misclassified"] == on_target["n_fools_target"]
+    adaptive = [r for r in results["security"] if r["source"] == "other" and r["knowledge"] == "adaptive"]
+    assert adaptive and all(r["status"] == "not-applicable" for r in adaptive)
