@@ -44,3 +44,14 @@ def digits_run(tmp_path_factory, digits_cache) -> Path:
 
 def load_results(run_dir: Path) -> dict:
     return json.loads((run_dir / "results.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """The suite's machines are small and shared: one intra-op thread avoids oversubscription stalls."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -71,13 +71,6 @@ def _threshold(scores: torch.Tensor) -> float:
 TRAIN, CALIBRATION, EVALUATION = slice(0, 1000), slice(1000, 1300), slice(1300, None)
 
 
-@pytest.fixture(scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 @pytest.fixture(scope="module")
 def digits(one_thread):

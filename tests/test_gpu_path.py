@@ -15,16 +15,9 @@ from torch import nn
 
 from advbench.api import RunContext
 from advbench.plugins import lookup
-from advbench_interpreters import _common
 from advbench_interpreters._common import SampleNoise, device_digests, mix32, per_sample_noise, sample_generators
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")

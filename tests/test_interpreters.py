@@ -70,14 +70,7 @@ def freeze(model: nn.Module) -> nn.Module:
         p.requires_grad_(False)
     return model
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The suite's machines are small and shared: one intra-op thread avoids oversubscription stalls."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")

@@ -5,6 +5,16 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from pydantic import Field
+
+from advbench.api import Options
+
+
+class AdaptiveLinfOptions(Options):
+    """The l-inf budget and step size the adaptive attacks share (Bryniarski et al.'s defaults: 8/255, 1/255)."""
+
+    eps: float = Field(8 / 255, ge=0.0, le=1.0, description="l-inf budget, in [0, 1] input units")
+    alpha: float = Field(1 / 255, gt=0.0, le=1.0, description="step size, in [0, 1] input units")
 
 
 def batch_salt(y: torch.Tensor) -> tuple[Any, ...]:

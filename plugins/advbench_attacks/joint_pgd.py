@@ -7,8 +7,8 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
-from advbench.api import Attack, Defence, Options, RunContext
-from advbench_attacks._util import BestIterate, batch_salt, project_linf, uniform
+from advbench.api import Attack, Defence, RunContext
+from advbench_attacks._util import AdaptiveLinfOptions, BestIterate, batch_salt, project_linf, uniform
 
 
 def adversarial_label(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -52,9 +52,7 @@ class JointPGD(Attack):
     knowledge = "adaptive"
     revision = "1"
 
-    class Options(Options):
-        eps: float = Field(8 / 255, ge=0.0, le=1.0, description="l-inf budget, in [0, 1] input units")
-        alpha: float = Field(1 / 255, gt=0.0, le=1.0, description="step size, in [0, 1] input units")
+    class Options(AdaptiveLinfOptions):
         steps: int = Field(100, ge=1, le=10_000, description="steps per round of the lambda search")
         search_steps: int = Field(3, ge=1, le=20, description="rounds of the per-image search over lambda")
         initial_lambda: float = Field(1.0, gt=0.0, le=1e6, description="weight of the detector term, first round")

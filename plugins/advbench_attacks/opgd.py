@@ -9,8 +9,8 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
-from advbench.api import Attack, Defence, Options, RunContext
-from advbench_attacks._util import BestIterate, batch_salt, project_linf, uniform
+from advbench.api import Attack, Defence, RunContext
+from advbench_attacks._util import AdaptiveLinfOptions, BestIterate, batch_salt, project_linf, uniform
 
 
 def orthogonal(g: torch.Tensor, other: torch.Tensor, only_against: bool = False) -> torch.Tensor:
@@ -64,9 +64,7 @@ class OPGD(Attack):
     knowledge = "adaptive"
     revision = "1"
 
-    class Options(Options):
-        eps: float = Field(8 / 255, ge=0.0, le=1.0, description="l-inf budget, in [0, 1] input units")
-        alpha: float = Field(1 / 255, gt=0.0, le=1.0, description="step size, in [0, 1] input units")
+    class Options(AdaptiveLinfOptions):
         steps: int = Field(100, ge=1, le=10_000, description="number of steps")
         random_start: bool = Field(False, description="start from a uniform random point of the eps-ball")
         project_classifier: bool = Field(False, description="also project the classifier step orthogonal to the "
