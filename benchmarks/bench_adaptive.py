@@ -15,6 +15,7 @@ correctly classified images OPGD leaves misclassified and below the detector's t
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 import time
@@ -31,8 +32,7 @@ EPS, ALPHA = 8 / 255, 1 / 255
 def suite_file(folder: Path, images: int, steps: int) -> Path:
     """suites/adaptive.yaml cut down to alexnet, lan, the contrastive detector, PGD and OPGD at 8/255."""
     suite = yaml.safe_load((REPO / "suites" / "adaptive.yaml").read_text())
-    suite["name"] = "bench-adaptive"
-    suite["dataset"]["options"]["path"] = str(CIFAR_TAR)
+    suite["name"] = "bench-adaptive"  # the dataset path stays the suite's own (relative): it is part of every key
     suite["victims"] = {"alexnet": suite["victims"]["alexnet"]}
     suite["interpreters"] = {"lan": suite["interpreters"]["lan"]}
     suite["threat_model"] = {"norm": "linf", "eps": EPS, "quantize": True}
@@ -67,6 +67,7 @@ def main() -> None:
         sys.exit(f"bench_adaptive: the CIFAR-10 export is not at {CIFAR_TAR}")
     if not 1 <= args.images <= 256:
         sys.exit("bench_adaptive: --images must be between 1 and 256 (one chunk)")
+    os.chdir(REPO)  # the suite's data path is relative to the repository root, as for `advbench run`
 
     from advbench.cache import Cache
     from advbench.plan import build_plan, data_node
