@@ -323,18 +323,20 @@ class Assembler:
             calibration = self.driver.load(d["calibration"])["calibration"]["score"] if d.get("calibration") else None
             labels = self.driver.load(d["labels"])["labels"] if d["labels"] else None
             benign_labels = self.driver.load(d["benign_labels"])["labels"] if d["benign_labels"] else None
+            # the target victim's own labels of a transferred set: its rows and its security row judge by them
+            target = self.driver.load(d["transfer"]) if d.get("transfer") else None
             group = groups.setdefault((d["detector"], d["interpreter"], d["source"], d["target"]), {})
             group[d["attack"]] = (scores, success)
             if calibration is not None:
-                out["security"].append(self.security(d, adv, scores["adversarial"]["score"], calibration, tags))
+                out["security"].append(self.security(d, adv, adv if target is None else target, scores["adversarial"]["score"],
+                                                     calibration, tags))
             subsets = ("all", "filtered") if (labels is not None and self.filtered) else ("all",)
             for subset in subsets:
                 keep = torch.ones(n_eval, dtype=torch.bool)
                 if subset == "filtered":
                     keep = benign_labels == self.eval_y
                 populations = {"successful": keep & success, "attacked": keep}
-                if d.get("transfer"):  # transfer rows: positives that fool the target, whatever the source did
-                    target = self.driver.load(d["transfer"])
+                if target is not None:  # transfer rows: positives that fool the target, whatever the source did
                     populations["fools-target"] = keep & (target["pred_clean"] == self.eval_y) & \
                         (target["pred_adv"] != self.eval_y)
                 for population, chosen in populations.items():
@@ -402,14 +404,13 @@ class Assembler:
             rows.append(row)
         return rows
 
-    def security(self, d: dict[str, Any], adv: dict[str, Any], adversarial_scores: torch.Tensor,
-                 calibration: torch.Tensor, sweep: dict[str, Any]) -> dict[str, Any]:
+    def security(self, d: dict[str, Any], adv: dict[str, Any], labels: dict[str, Any],
+                 adversarial_scores: torch.Tensor, calibration: torch.Tensor, sweep: dict[str, Any]) -> dict[str, Any]:
         """Attack success under detection for one (detector, attack) cell, at the threshold an adaptive attacker
         is told: ``ADAPTIVE_FPR`` false positives on the calibration images. Success is judged by the target
-        victim: on a transfer pair, by its own labels of the transferred inputs, not the source's."""
+        victim: ``labels`` are its predictions (on a transfer pair its own, not the source's)."""
         n_eval = len(self.eval_y)
         threshold = metrics.calibrated_threshold(calibration, ADAPTIVE_FPR)
-        labels = self.driver.load(d["transfer"]) if d.get("transfer") else adv
         targets = adv["target"][:n_eval] if "target" in adv else None
         row = security.security_row(
             detector=d["detector"], interpreter=d["interpreter"], target=d["target"], source=d["source"],
