@@ -328,8 +328,9 @@ class Assembler:
             group = groups.setdefault((d["detector"], d["interpreter"], d["source"], d["target"]), {})
             group[d["attack"]] = (scores, success)
             if calibration is not None:
-                out["security"].append(self.security(d, adv, adv if target is None else target, scores["adversarial"]["score"],
-                                                     calibration, tags))
+                judged_by = adv if target is None else target
+                out["security"].append(self.security(d, adv, judged_by, scores["adversarial"]["score"], calibration,
+                                                     tags))
             subsets = ("all", "filtered") if (labels is not None and self.filtered) else ("all",)
             for subset in subsets:
                 keep = torch.ones(n_eval, dtype=torch.bool)
