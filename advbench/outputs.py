@@ -29,15 +29,15 @@ CSV_TABLES = {
                                 "targeted", "steps", "source", "n", "n_correct", "n_success", "success_rate",
                                 "success_rate_correct", "quantization_undone", "mean_linf", "mean_l2", "mean_l0",
                                 "median_linf", "median_l2", "median_l0"]),
-    "detection.csv": ("detection", ["detector", "interpreter", "attack", "knowledge", "source", "target", "subset",
-                                    "population", "benign_population", "n_adversarial", "n_benign", "tpr", "tpr_ci_low",
-                                    "tpr_ci_high", "tnr",
-                                    "tnr_ci_low", "tnr_ci_high", "auroc", "auroc_ci_low", "auroc_ci_high",
+    "detection.csv": ("detection", ["detector", "interpreter", "attack", "knowledge", "protocol", "fit_attack",
+                                    "source", "target", "subset", "population", "benign_population", "n_adversarial",
+                                    "n_benign", "tpr", "tpr_ci_low", "tpr_ci_high", "tnr", "tnr_ci_low",
+                                    "tnr_ci_high", "auroc", "auroc_ci_low", "auroc_ci_high",
                                     "tpr_cal_1", "fpr_cal_1", "tpr_cal_5", "fpr_cal_5", "tpr_cal_10", "fpr_cal_10",
                                     "tpr_at_fpr_1", "tpr_at_fpr_5", "tpr_at_fpr_10", "tnr_at_tpr_90", "tnr_at_tpr_95",
                                     "mask_invariance", "recovery_rate"]),
-    "worst_case.csv": ("worst_case", ["detector", "interpreter", "source", "target", "subset", "n_pairs", "auroc",
-                                      "auroc_ci_low", "auroc_ci_high", "tpr", "tnr"]),
+    "worst_case.csv": ("worst_case", ["detector", "interpreter", "fit_attack", "source", "target", "subset",
+                                      "n_pairs", "auroc", "auroc_ci_low", "auroc_ci_high", "tpr", "tnr"]),
     "security.csv": ("security", ["detector", "interpreter", "target", "source", "attack", "attack_plugin", "knowledge",
                                   "norm", "eps", "quantize", "targeted", "steps", "gradient", "fit_attack", "threshold",
                                   "fpr", "status", "reason", "n", "n_correct", "n_misclassified", "n_evaded",
@@ -50,7 +50,11 @@ CSV_TABLES = {
     "comparisons.csv": ("comparisons", ["attack", "source", "target", "subset", "population", "best", "other",
                                         "auroc_best", "auroc_other", "delta", "delta_ci_low", "delta_ci_high",
                                         "p_value", "significant"]),
-    # written only where the run has the section: with seeds, or with a sweep
+    # written only where the run has the section: with seeds, with a sweep, with detectors fitted per attack
+    "unseen.csv": ("unseen", ["detector", "interpreter", "fit_attack", "attack", "source", "target", "subset",
+                              "population", "n_adversarial", "n_benign", "auroc", "auroc_ci_low", "auroc_ci_high",
+                              "tpr_cal_1", "fpr_cal_1", "tpr_cal_5", "fpr_cal_5", "tpr_cal_10", "fpr_cal_10",
+                              "tpr", "tnr"]),
     "seed_summary.csv": ("seed_summary", ["section", "victim", "detector", "interpreter", "attack", "knowledge",
                                           "source", "target", "subset", "population", "metric", "n_seeds", "mean",
                                           "std", "min", "max"]),
@@ -61,7 +65,7 @@ CSV_TABLES = {
                                           "validation_auroc", "evaluation_auroc", "evaluation_auroc_ci_low",
                                           "evaluation_auroc_ci_high"]),
 }
-OPTIONAL_TABLES = ("seed_summary", "validation", "sweep_choice")
+OPTIONAL_TABLES = ("seed_summary", "validation", "sweep_choice", "unseen")
 
 
 def write_outputs(run_dir: Path, results: dict[str, Any], gallery: list) -> None:

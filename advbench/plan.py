@@ -366,6 +366,7 @@ class _Builder:
         n_eval = self.subset["n_eval"]
         common = dict(plugin=_with_kind(dreg), options=_options(doptions),
                       resources={"cpus": 1, "gpus": 0, "memory_mb": 4096})
+        seen: dict[str, dict[str, Any]] = {}  # attack -> the detection entry of the model fitted on it
         for aname in suite.usable("attacks"):
             if _adaptive(suite, aname):
                 continue
@@ -425,19 +426,50 @@ class _Builder:
                                       "progress": f"f2 labels {aname}/{source}",
                                       "images": self.images("adversarial", key=adv["key"], start=0, stop=n_eval)}))
                 benign_labels = interp["eval_labels"]
-            point.detections.append({
+            entry = {
                 "detector": dname, "interpreter": iname, "attack": aname, "source": source, "target": target,
                 "score_definition": getattr(dreg.cls, "score_definition", None) or dreg.cls.description,
                 "adversarial_fit": adversarial_fit, "knowledge": "oblivious", "attack_plugin": adv["plugin"],
                 "threat_model": adv.get("threat_model"), "steps": adv.get("steps"),
                 "gradient": dreg.cls.adaptive_gradient or None, "fit_attack": aname if adversarial_fit else None,
+                "protocol": "seen" if adversarial_fit else None,
                 "benign": benign_key, "adversarial": adversarial_key, "attack_key": adv["key"],
                 "calibration": calibration_key, "transfer": transfer_key,
-                "labels": labels_key, "benign_labels": benign_labels, "validation": validation})
+                "labels": labels_key, "benign_labels": benign_labels, "validation": validation}
+            point.detections.append(entry)
+            if adversarial_fit:
+                seen[aname] = {**entry, "params": params, "reads": reads}
+        if len(seen) > 1:
+            self.unseen(suite, point, name, seen, env_inputs, common)
         for aname in suite.usable("attacks"):
             if _adaptive(suite, aname):
                 self.adaptive(suite, point, aname, dname, iname, source, target, victim, interp, attacks,
                               {"env": env, "env_key": env_key, "env_inputs": env_inputs, "common": common})
+
+    def unseen(self, suite: Any, point: Point, name: str, seen: dict[str, dict[str, Any]],
+               env_inputs: tuple[str, ...], common: dict[str, Any]) -> None:
+        """The "unseen" protocol of a detector that learns from adversarial examples: the model fitted on one
+        attack (``evaluation.unseen_fit``) scores every other attack's inputs, so each row says how it does on
+        an attack it never saw, and the worst case over attacks reads this one model's scores throughout."""
+        from advbench.cache import make_key
+
+        fit_attack = suite.spec.evaluation.unseen_fit or next(iter(seen))
+        if fit_attack not in seen:
+            return
+        fitted = seen[fit_attack]
+        n_eval = self.subset["n_eval"]
+        for aname, other in seen.items():
+            if aname == fit_attack:
+                continue
+            key = make_key("scores-adversarial", {}, [fitted["params"]["fit_key"], other["attack_key"]])
+            images = {**fitted["params"]["images"],
+                      "adversarial": self.images("adversarial", key=other["attack_key"], start=0, stop=n_eval)}
+            self.add(Node(key, "scores", f"{name}, {aname} from {other['source']} (fitted on {fit_attack})",
+                          self.settings, inputs=fitted["reads"] + (other["attack_key"],),
+                          params={**fitted["params"], "images": images, "parts": ["adversarial"]}, **common))
+            point.detections.append({**{k: v for k, v in other.items() if k not in ("params", "reads")},
+                                     "fit_attack": fit_attack, "protocol": "unseen", "benign": fitted["benign"],
+                                     "adversarial": key, "calibration": fitted["calibration"], "validation": None})
 
     def validation_scores(self, name: str, aname: str, params: dict[str, Any], fit_key: str, adv: dict[str, Any],
                           per_attack: bool, fitted_from: tuple[str, ...],

@@ -28,9 +28,9 @@ from typing import Any, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-SCHEMA_VERSION = "1.2"  # 1.1: attack rows record their threat model; security, sanity_checks, comparisons
+SCHEMA_VERSION = "1.3"  # 1.1: attack rows record their threat model; security, sanity_checks, comparisons
 # 1.2: seeds, rows' seed, seed_summary; evaluation's split (n_validation, split_seed, indices); validation,
-# sweep_choice
+# sweep_choice; 1.3: unseen, rows' protocol and fit_attack
 PRE_SCHEMA_VERSION = "0"  # what a results.json written before schema_version existed loads as
 
 __all__ = ["SCHEMA_VERSION", "Results", "VictimRow", "InterpreterRow", "AttackRow", "DetectionRow", "WorstCaseRow",
@@ -218,6 +218,10 @@ class DetectionRow(Metrics):
     knowledge: Literal["oblivious", "adaptive"] = Field(
         "oblivious", description="adaptive: the adversarial inputs were crafted against this detector")
     benign_population: Optional[Literal["natural", "paired"]] = None
+    protocol: Optional[Literal["seen", "unseen"]] = Field(
+        None, description="for a detector fitted on adversarial examples: seen = fitted on this row's attack, "
+                          "unseen = fitted on fit_attack and tested on another; null for one fitted on benign data")
+    fit_attack: Optional[str] = Field(None, description="the attack whose adversarial examples fitted the detector")
     mask_invariance: Optional[float] = None
     recovery_rate: Optional[float] = None
     score_definition: Optional[str] = None
@@ -236,6 +240,8 @@ class WorstCaseRow(Metrics):
     target: str
     subset: Literal["all", "filtered"]
     n_pairs: int
+    fit_attack: Optional[str] = Field(None, description="for a detector fitted on adversarial examples: the attack "
+                                      "its one model was fitted on (evaluation.unseen_fit)")
     sweep: Optional[Sweep] = None
     seed: Optional[int] = Field(None, description="the training seed, in a suite with seeds")
 
@@ -409,6 +415,9 @@ class Results(Row):
     interpreters: list[InterpreterRow] = Field(default_factory=list)
     attacks: list[AttackRow] = Field(default_factory=list)
     detection: list[DetectionRow] = Field(default_factory=list)
+    unseen: Optional[list[DetectionRow]] = Field(
+        None, description="detectors fitted on adversarial examples of one attack (fit_attack), tested on the "
+                          "others; only where a suite has such a detector and two or more attacks")
     worst_case: list[WorstCaseRow] = Field(default_factory=list)
     security: list[SecurityRow] = Field(default_factory=list, description="attack success under detection")
     comparisons: list[Comparison] = Field(default_factory=list, description="paired AUROC tests: best detector "

@@ -210,8 +210,8 @@ class Assembler:
         # what every row of this point carries: its sweep point and its training seed, where there are several
         tags = {**({"sweep": dict(point.values)} if point.values else {}),
                 **({"seed": point.seed} if point.seed is not None else {})}
-        out: dict[str, Any] = {"victims": {}, "interpreters": [], "attacks": [], "detection": [], "worst_case": [],
-                               "security": [], "comparisons": [], "validation": [], "warnings": [],
+        out: dict[str, Any] = {"victims": {}, "interpreters": [], "attacks": [], "detection": [], "unseen": [],
+                               "worst_case": [], "security": [], "comparisons": [], "validation": [], "warnings": [],
                                "_sweep": point.values, "_seed": point.seed}
         load = self.driver.load
         for name, entry in point.victims.items():
@@ -325,9 +325,12 @@ class Assembler:
             benign_labels = self.driver.load(d["benign_labels"])["labels"] if d["benign_labels"] else None
             # the target victim's own labels of a transferred set: its rows and its security row judge by them
             target = self.driver.load(d["transfer"]) if d.get("transfer") else None
-            group = groups.setdefault((d["detector"], d["interpreter"], d["source"], d["target"]), {})
+            # one fitted model's scores: a detector fitted per attack has one model per fit attack
+            group = groups.setdefault((d["detector"], d["interpreter"], d["source"], d["target"], d.get("fit_attack")),
+                                      {})
             group[d["attack"]] = (scores, success)
-            if calibration is not None:
+            unseen = d.get("protocol") == "unseen"
+            if calibration is not None and not unseen:
                 judged_by = adv if target is None else target
                 out["security"].append(self.security(d, adv, judged_by, scores["adversarial"]["score"], calibration,
                                                      tags))
@@ -344,14 +347,16 @@ class Assembler:
                     # negatives: every evaluation image of the subset (natural), or only the chosen ones' originals
                     negatives = keep if self.benign == "natural" else chosen
                     row = {"detector": d["detector"], "interpreter": d["interpreter"], "attack": d["attack"],
-                           "knowledge": d.get("knowledge", "oblivious"),
+                           "knowledge": d.get("knowledge", "oblivious"), "protocol": d.get("protocol"),
+                           "fit_attack": d.get("fit_attack"),
                            "source": d["source"], "target": d["target"], "subset": subset, "population": population,
                            "benign_population": self.benign, "n_benign": int(negatives.sum()),
                            "score_definition": d["score_definition"], **tags}
                     row.update(_metrics(scores, negatives, chosen))
-                    same_inputs.setdefault((d["attack_key"], d["attack"], d["source"], d["target"], subset, population),
-                                           {})[_label(d)] = (scores["benign"]["score"][negatives],
-                                                             scores["adversarial"]["score"][chosen], row["auroc"])
+                    if not unseen:
+                        same_inputs.setdefault((d["attack_key"], d["attack"], d["source"], d["target"], subset, population),
+                                               {})[_label(d)] = (scores["benign"]["score"][negatives],
+                                                                 scores["adversarial"]["score"][chosen], row["auroc"])
                     if calibration is not None:  # thresholds from held-out benign images, the same for every row
                         row["calibrated"] = metrics.calibrated_metrics(
                             calibration, scores["benign"]["score"][negatives], scores["adversarial"]["score"][chosen])
@@ -366,24 +371,22 @@ class Assembler:
                             if chosen.any() else None
                     else:
                         row["mask_invariance"] = row["recovery_rate"] = None
-                    out["detection"].append(row)
-            out["validation"].extend(self.validation(d, tags))
+                    out["unseen" if unseen else "detection"].append(row)
+            if not unseen:
+                out["validation"].extend(self.validation(d, tags))
         out["comparisons"].extend(_comparisons(same_inputs, tags))
-        fitted_per_attack = {(d["detector"], d["interpreter"], d["source"], d["target"])
-                             for d in point.detections if d.get("adversarial_fit")}
-        for (dname, iname, source, target), per in groups.items():
-            if len(per) > 1 and (dname, iname, source, target) in fitted_per_attack:
-                # each attack has its own fitted model and benign scores: no one model's scores span the attacks,
-                # and pairing one attack's benign scores with the others' is not a worst case of anything
-                out["warnings"].append(f"worst case not computed for {dname} ({source}->{target}): it is fitted "
-                                       "once per attack, so no single model scores every attack")
-            elif len(per) > 1:
+        # a detector fitted per attack: its worst case reads the model of the unseen protocol (evaluation.unseen_fit)
+        unseen_model = {(d["detector"], d["interpreter"], d["source"], d["target"]): d["fit_attack"]
+                        for d in point.detections if d.get("protocol") == "unseen"}
+        for (dname, iname, source, target, fit_attack), per in groups.items():
+            model = unseen_model.get((dname, iname, source, target), fit_attack)
+            if len(per) > 1 and fit_attack == model:  # one model scored every attack: one set of benign scores
                 first = next(iter(per.values()))[0]
                 summary = metrics.worst_case({a: (s["adversarial"]["score"], s["adversarial"]["flag"], ok)
                                               for a, (s, ok) in per.items()},
                                              first["benign"]["score"], first["benign"]["flag"])
                 out["worst_case"].append({"detector": dname, "interpreter": iname, "source": source, "target": target,
-                                          "subset": "all", **summary, **tags})
+                                          "subset": "all", "fit_attack": fit_attack, **summary, **tags})
 
     def validation(self, d: dict[str, Any], tags: dict[str, Any]) -> list[dict[str, Any]]:
         """One detection cell's rows on the validation images (every image, successful or attacked inputs, all
@@ -710,8 +713,8 @@ def _sanity(results: dict[str, Any]) -> None:
 
 
 def _merge(results: dict[str, Any], out: dict[str, Any]) -> None:
-    for key in ("interpreters", "attacks", "detection", "worst_case", "security", "comparisons", "validation",
-                "warnings"):
+    for key in ("interpreters", "attacks", "detection", "unseen", "worst_case", "security", "comparisons",
+                "validation", "warnings"):
         if out.get(key) or key in results:  # a run without a sweep has no validation section at all
             results.setdefault(key, []).extend(out.get(key, []))
     seed = out.get("_seed")

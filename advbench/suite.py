@@ -83,6 +83,10 @@ class EvaluationSpec(_Strict):
         "natural", description="the negatives of every detection row: natural = every evaluation image, "
                                "misclassified ones included (what a deployed detector sees); paired = only the "
                                "benign originals of the adversarial inputs the row counts")
+    unseen_fit: Optional[str] = Field(
+        None, description="the attack whose adversarial examples fit the 'unseen' protocol of every detector that "
+                          "learns from adversarial data: that one model then scores every other attack (and the "
+                          "worst case); default: the first oblivious attack listed")
     mask_train_limit: Optional[int] = Field(None, ge=1, description="default mask_train_limit of every interpreter")
     n_mask_eval: Optional[int] = Field(None, ge=1, description="test images whose benign masks measure f2's "
                                        "accuracy (default: the evaluation images); --limit does not cap it")
@@ -340,6 +344,13 @@ class Suite:
                 if spec.threat_model is not None and section != "attacks":
                     raise SuiteError(self.source, f"{path}.threat_model", "allowed only for attacks (and at the "
                                      "top level)")
+        fit_on = self.spec.evaluation.unseen_fit
+        if fit_on is not None:
+            oblivious = [k for k in self.spec.attacks if ("attacks", k) not in self.broken
+                         and self.component("attacks", k)[0].cls.knowledge != "adaptive"]
+            if fit_on not in oblivious:
+                raise SuiteError(self.source, "evaluation.unseen_fit", f"{fit_on!r} is not an oblivious attack of "
+                                 f"this suite; allowed: {', '.join(oblivious) or 'none (no oblivious attack)'}")
         detectors = [self.component("detectors", k)[0].cls for k in self.spec.detectors
                      if ("detectors", k) not in self.broken]
         if any(d.needs_interpreter for d in detectors) and not self.spec.interpreters:

@@ -155,19 +155,60 @@ def test_an_entry_with_a_sound_hash_but_the_wrong_content_is_recomputed_and_ever
                    for line in log.splitlines()), stage
 
 
-def test_worst_case_only_for_detectors_one_model_scores_throughout(tmp_path):
-    """label-only is fitted per attack: pairing one attack's benign scores with the others' adversarial scores
-    measures nothing, so it gets no worst-case row, and a warning says why; contrastive keeps its row."""
-    suite = small_digits(tmp_path)
-    advbench_cli("run", suite, "--out", str(tmp_path / "run"), "--no-report", "--threads", "1",
+def test_a_detector_fitted_per_attack_is_also_read_on_attacks_it_never_saw(tmp_path):
+    """label-only learns from adversarial examples. Seen: one model per attack, each read on its own attack
+    (the detection rows). Unseen: the model fitted on evaluation.unseen_fit reads the other attacks (the unseen
+    rows), and its scores, one model throughout, make the worst case; contrastive keeps its own worst case."""
+    import torch
+
+    from advbench.cache import Cache
+    from advbench.plan import Settings, build_plan, data_node
+    from advbench.stages import load_dataset
+    from advbench.suite import load_suite
+
+    path = small_digits(tmp_path, evaluation={**yaml.safe_load(open(small_digits(tmp_path)))["evaluation"],
+                                              "unseen_fit": "pgd"})
+    advbench_cli("run", path, "--out", str(tmp_path / "run"), "--no-report", "--threads", "1",
                  cache=tmp_path / "cache")
     results = load_results(tmp_path / "run")
-    assert {r["detector"] for r in results["worst_case"]} == {"contrastive"}
-    assert any(w.startswith("worst case not computed for label-only") for w in results["warnings"])
-    row = results["worst_case"][0]
+    seen = [r for r in results["detection"] if r["detector"] == "label-only"]
+    assert {(r["attack"], r["fit_attack"], r["protocol"]) for r in seen} == {("fgsm", "fgsm", "seen"),
+                                                                             ("pgd", "pgd", "seen")}
+    unseen = results["unseen"]
+    assert {(r["detector"], r["attack"], r["fit_attack"], r["protocol"]) for r in unseen} == \
+        {("label-only", "fgsm", "pgd", "unseen")}
+    assert all(r["protocol"] is None for r in results["detection"] if r["detector"] == "contrastive")
+    assert {(w["detector"], w["fit_attack"]) for w in results["worst_case"]} == {("contrastive", None),
+                                                                                  ("label-only", "pgd")}
+    assert not any(w.startswith("worst case not computed") for w in results["warnings"])
+    row = next(w for w in results["worst_case"] if w["detector"] == "label-only")
     assert row["auroc_ci"][0] <= row["auroc"] <= row["auroc_ci"][1]
-    attack = results["attacks"][0]
-    assert attack["success_rate_correct"] == pytest.approx(attack["n_success"] / attack["n_correct"])
+    assert "unseen.csv" in {p.name for p in (tmp_path / "run").iterdir()}
+
+    # the unseen row is the pgd model's scores on fgsm's inputs: its benign scores and calibration are the pgd
+    # model's, its adversarial set is fgsm's
+    suite = load_suite(path)
+    settings = Settings(cache_root=str(tmp_path / "cache"), seed=suite.spec.seed, threads=1)
+    plan = build_plan(suite, load_dataset(data_node(suite, settings)), settings)
+    entries = {(d["attack"], d["protocol"]): d for d in plan.points[0].detections if d["detector"] == "label-only"}
+    crossed, pgd, fgsm = entries[("fgsm", "unseen")], entries[("pgd", "seen")], entries[("fgsm", "seen")]
+    assert crossed["benign"] == pgd["benign"] and crossed["calibration"] == pgd["calibration"]
+    assert crossed["attack_key"] == fgsm["attack_key"] and crossed["adversarial"] != fgsm["adversarial"]
+    node = plan.nodes[crossed["adversarial"]]
+    assert node.params["fit_key"] == plan.nodes[pgd["adversarial"]].params["fit_key"]
+    cache = Cache(str(tmp_path / "cache"))
+    mine = cache.load(crossed["adversarial"])["adversarial"]["score"]
+    own = cache.load(fgsm["adversarial"])["adversarial"]["score"]
+    assert mine.shape == own.shape and not torch.equal(mine, own)  # another model: other scores
+
+
+def test_unseen_fit_must_name_an_oblivious_attack(tmp_path):
+    path = small_digits(tmp_path, evaluation={**yaml.safe_load(open(small_digits(tmp_path)))["evaluation"],
+                                              "unseen_fit": "cw"})
+    result = advbench_cli("run", path, "--no-report", cache=tmp_path / "cache", check=False)
+    assert result.returncode == 2
+    assert "evaluation.unseen_fit" in result.stderr and "'cw' is not an oblivious attack" in result.stderr
+    assert "fgsm, pgd" in result.stderr and "Traceback" not in result.stderr
 
 
 def test_the_controls_run_beside_the_interpretation(tmp_path):

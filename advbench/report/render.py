@@ -24,7 +24,8 @@ from advbench.report.gallery import gallery_blocks
 from advbench.report.sections import arrange, collect
 from advbench.report.tables import (attacks_table, detection_table, with_kept_share, interpreters_table, invariance_table,
                                     leaderboard_tables, plugins_table, score_definitions, stage_tables,
-                                    transfer_tables, victims_table, worst_case_table)
+                                    transfer_tables, unseen_table, victims_table,
+                                    worst_case_table)
 from advbench.report.view import View, dicts, mapping, ordered, population
 from advbench.security import sanity_warnings
 
@@ -146,6 +147,7 @@ def build_context(results: dict[str, Any], raw: str, run_dir: Path, env: jinja2.
         "heatmaps": draw_heatmaps(heat),
         "attacks_table": attacks_table(view),
         "worst_table": worst_case_table(view),
+        "unseen_table": unseen_table(view),
         "gallery": gallery,
         "gallery_note": gallery_note,
         "results_json": embed_json(raw),

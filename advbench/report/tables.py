@@ -361,11 +361,42 @@ def interval(value: Any) -> Cell:
 
 def worst_case_table(view: View) -> Table:
     ci = any(w.get("auroc_ci") for w in view.worst_case)  # runs before intervals were recorded have none
-    columns = [Column("detector"), Column("interpreter"), Column("source"), Column("target"), Column("subset"),
-               Column("pairs", "num"), Column("AUROC", "num")] + ([Column("AUROC 95% CI", "num")] if ci else []) + \
-        [Column("TPR", "num"), Column("TNR", "num")]
-    rows = [[text(w.get("detector")), text(w.get("interpreter")), text(w.get("source")), text(w.get("target")),
-             text(w.get("subset")), count(w.get("n_pairs")), num(w.get("auroc"))]
+    fitted = any(w.get("fit_attack") for w in view.worst_case)
+    columns = [Column("detector"), Column("interpreter")] + \
+        ([Column("fitted on", "", "the attack whose adversarial examples fitted the one model scored")]
+         if fitted else []) + \
+        [Column("source"), Column("target"), Column("subset"), Column("pairs", "num"), Column("AUROC", "num")] + \
+        ([Column("AUROC 95% CI", "num")] if ci else []) + [Column("TPR", "num"), Column("TNR", "num")]
+    rows = [[text(w.get("detector")), text(w.get("interpreter"))] + ([text(w.get("fit_attack"))] if fitted else [])
+            + [text(w.get("source")), text(w.get("target")), text(w.get("subset")), count(w.get("n_pairs")),
+               num(w.get("auroc"))]
             + ([interval(w.get("auroc_ci"))] if ci else []) + [num(w.get("tpr")), num(w.get("tnr"))]
             for w in view.worst_case]
-    return Table("table-worst-case", columns, rows, "Worst case over attacks per detector, as reported by the run.")
+    return Table("table-worst-case", columns, rows, "Worst case over attacks per detector, one fitted model's "
+                 "scores throughout (a detector fitted on adversarial examples: the model fitted on the attack "
+                 "named).")
+
+
+def unseen_table(view: View) -> Table:
+    """Detectors fitted on one attack's adversarial examples, read on the attacks they never saw, beside the
+    same detector fitted on that attack (seen): the gap is what fitting on the test attack buys."""
+    seen = {(r.get("detector"), r.get("interpreter"), r.get("attack"), r.get("source"), r.get("target")): r
+            for r in view.detection if r.get("protocol") == "seen" and subset(r) == "all"
+            and population(r) == "successful"}
+    rows = []
+    for r in dicts(view.results.get("unseen")):
+        if subset(r) != "all" or population(r) != "successful":
+            continue
+        same = seen.get((r.get("detector"), r.get("interpreter"), r.get("attack"), r.get("source"), r.get("target")))
+        rows.append([text(r.get("detector")), text(r.get("interpreter")), text(r.get("fit_attack")),
+                     text(r.get("attack")), text(r.get("source")), text(r.get("target")),
+                     count(r.get("n_adversarial")), num(r.get("auroc")), interval(r.get("auroc_ci")),
+                     num((same or {}).get("auroc")), interval((same or {}).get("auroc_ci")),
+                     num(r.get("tpr_cal_5"))])
+    columns = [Column("detector"), Column("interpreter"), Column("fitted on"), Column("tested on"), Column("source"),
+               Column("target"), Column("n adv", "num"), Column("AUROC unseen", "num"),
+               Column("95% CI", "num"), Column("AUROC seen", "num", "the same detector fitted on the tested attack"),
+               Column("95% CI", "num"), Column("TPR at 5% FPR", "num", "threshold from the calibration images")]
+    return Table("table-unseen", columns, rows, "Detectors that learn from adversarial examples, fitted on one "
+                 "attack (evaluation.unseen_fit) and tested on the others; successful adversarial inputs, every "
+                 "natural evaluation image as benign.")
