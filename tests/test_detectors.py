@@ -144,12 +144,14 @@ def test_world_is_sane(world):
 @pytest.mark.parametrize("name,options", ROWS, ids=IDS)
 def test_registered_with_metadata(name, options):
     cls = lookup("detector", name).cls
-    # kd-bu 2: float32 density and uncertainty (scores moved by ~2e-6)
-    assert issubclass(cls, Detector) and cls.name == name and cls.revision == {"kd-bu": "2"}.get(name, "1")
+    # kd-bu 2: float32 density and uncertainty (scores moved by ~2e-6); lid 2, mahalanobis 2: the papers' layers
+    # and regressions (issue 13)
+    revisions = {"kd-bu": "2", "lid": "2", "mahalanobis": "2"}
+    assert issubclass(cls, Detector) and cls.name == name and cls.revision == revisions.get(name, "1")
     assert cls.description and "\n" not in cls.description
     assert issubclass(cls.Options, Options) and cls.__doc__ and PAPER[name] in cls.__doc__
     assert cls.needs_interpreter == (name == "contrastive")
-    assert cls.needs_adversarial_fit == (name in {"label-only", "kd-bu", "lid"})
+    assert cls.needs_adversarial_fit == (name in {"label-only", "kd-bu", "lid", "mahalanobis"})
     with pytest.raises(Exception):
         cls.Options(no_such_option=1)
 
@@ -251,18 +253,23 @@ def test_kd_bu_without_dropout_has_zero_uncertainty(world):
     assert torch.equal(unc, torch.zeros(5, dtype=torch.float64))
 
 
-def test_mahalanobis_input_preprocessing(world, fitted):
-    det = _fit("mahalanobis", {"max_train": 800, "noise": 0.01}, world)
+def test_mahalanobis_input_preprocessing(world):
+    det = _fit("mahalanobis", {"max_train": 800, "noise": 0.01, "layers": "penultimate"}, world)
     x = world["ev_adv"][:30]
     out = det.score(world["env"], x, _ctx())
     assert torch.isfinite(out.score).all()
     # the step moves toward the closest class, so distances shrink on the whole
-    plain = fitted["mahalanobis"].score(world["env"], x, _ctx()).score
-    assert out.score.mean() < plain.mean()
+    plain = _fit("mahalanobis", {"max_train": 800, "layers": "penultimate"}, world).score(world["env"], x, _ctx())
+    assert out.score.mean() < plain.score.mean()
 
 
-def test_lid_keeps_the_deepest_layers(world):
-    det = _fit("lid", {"k": 10, "minibatch": 50, "max_layers": 1}, world)
-    assert len(det._reference) == 1 and det._reference[0].shape == (50, 10)  # the logits only
-    det = _fit("lid", {"k": 10, "minibatch": 50}, world)
-    assert [r.shape[1] for r in det._reference] == [16 * 8 * 8, 64, 10]  # ReLU, ReLU, final Linear
+def test_lid_takes_every_layer_or_the_deepest(world):
+    x = world["ev_benign"][:5]
+    det = _fit("lid", {"k": 10, "minibatch": 50, "pool": 80, "max_layers": 1}, world)
+    assert [a.shape for a in det._activations(world["env"].victim, x)] == [(5, 10)]  # the logits only
+    assert det._lids(world["env"].victim, x).shape == (5, 1)
+    det = _fit("lid", {"k": 10, "minibatch": 50, "pool": 80}, world)
+    # the input, then Conv, ReLU, MaxPool, Linear, ReLU, Linear (Flatten and Dropout repeat their input: skipped)
+    widths = [a.shape[1] for a in det._activations(world["env"].victim, x)]
+    assert widths == [64, 16 * 8 * 8, 16 * 8 * 8, 16 * 4 * 4, 64, 64, 10]
+    assert det._lids(world["env"].victim, x).shape == (5, 7)

@@ -20,7 +20,7 @@ DETECTORS = (
     ("lid", "advbench_detectors.lid:Lid", (),
      "Ma et al. 2018: per-layer local intrinsic dimensionality, logistic regression"),
     ("mahalanobis", "advbench_detectors.mahalanobis:Mahalanobis", (),
-     "Lee et al. 2018: Mahalanobis distance to the closest class Gaussian on penultimate features"),
+     "Lee et al. 2018: Mahalanobis distance at every conv block and the penultimate layer, regression"),
     ("msp", "advbench_detectors.max_softmax:MaxSoftmax", ("max-softmax",),
      "Hendrycks & Gimpel 2017: 1 - the victim's maximum softmax probability (a control)"),
 )

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import warnings
 from typing import Callable, Iterator, Optional, Sequence
 
 import numpy as np
 import torch
-from sklearn.linear_model import LogisticRegression
+from sklearn.linear_model import LogisticRegression, LogisticRegressionCV
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 from torch import nn
@@ -124,15 +125,25 @@ def benign_threshold(benign_scores: torch.Tensor, fpr: float) -> float:
     return float(np.quantile(scores, 1.0 - fpr, method="higher"))
 
 
-def fit_logistic(benign_features: torch.Tensor, adversarial_features: torch.Tensor, *, c: float = 1.0) -> Pipeline:
-    """Standardize, then logistic regression (benign 0, adversarial 1). lbfgs is deterministic: no RNG used."""
+def fit_logistic(benign_features: torch.Tensor, adversarial_features: torch.Tensor, *,
+                 c: Optional[float] = 1.0) -> Pipeline:
+    """Standardize, then logistic regression (benign 0, adversarial 1). lbfgs is deterministic: no RNG used.
+
+    ``c`` None: the inverse regularization is chosen by scikit-learn's ``LogisticRegressionCV`` (10 values on a log
+    grid, 5 stratified folds taken in order, no shuffling), as Ma et al.'s and Lee et al.'s code do."""
     if len(benign_features) == 0 or len(adversarial_features) == 0:
         raise ValueError("this detector fits a logistic regression on held-out benign AND adversarial inputs; "
                          f"fit() got {len(benign_features)} benign and {len(adversarial_features)} adversarial")
     features = torch.cat([benign_features, adversarial_features]).double().cpu().numpy()
     labels = np.concatenate([np.zeros(len(benign_features)), np.ones(len(adversarial_features))])
-    model = make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=1000))
-    model.fit(features, labels)
+    # scoring "accuracy": LogisticRegressionCV's default when the papers' code ran (scikit-learn 1.9 warns it will
+    # change); its warning about the layout of its fitted attributes concerns attributes not read here
+    regression = (LogisticRegressionCV(max_iter=1000, scoring="accuracy") if c is None
+                  else LogisticRegression(C=c, max_iter=1000))
+    model = make_pipeline(StandardScaler(), regression)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=FutureWarning, module="sklearn")
+        model.fit(features, labels)
     return model
 
 
