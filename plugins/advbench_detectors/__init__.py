@@ -14,7 +14,7 @@ DETECTORS = (
     ("label-only", "advbench_detectors.label_only:LabelOnly", (),
      "Control: logistic regression on the victim's one-hot predicted label"),
     ("feature-squeezing", "advbench_detectors.feature_squeezing:FeatureSqueezing", (),
-     "Xu et al. 2018: L1 change of the softmax under bit-depth reduction and median smoothing"),
+     "Xu et al. 2018: L1 change of the softmax under bit-depth reduction, median smoothing and non-local means"),
     ("kd-bu", "advbench_detectors.kd_bu:KdBu", (),
      "Feinman et al. 2017: class kernel density + MC-dropout uncertainty, logistic regression"),
     ("lid", "advbench_detectors.lid:Lid", (),
