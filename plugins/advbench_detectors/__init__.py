@@ -15,6 +15,8 @@ DETECTORS = (
      "Control: logistic regression on the victim's one-hot predicted label"),
     ("feature-squeezing", "advbench_detectors.feature_squeezing:FeatureSqueezing", (),
      "Xu et al. 2018: L1 change of the softmax under bit-depth reduction, median smoothing and non-local means"),
+    ("dknn", "advbench_detectors.dknn:DeepKnn", ("deep-knn",),
+     "Papernot & McDaniel 2018: 1 - conformal credibility from per-layer kNN label agreement"),
     ("kd-bu", "advbench_detectors.kd_bu:KdBu", (),
      "Feinman et al. 2017: class kernel density + MC-dropout uncertainty, logistic regression"),
     ("lid", "advbench_detectors.lid:Lid", (),
