@@ -145,7 +145,7 @@ def test_every_builtin_detector_declares_how_it_is_differentiated():
                 if reg.distribution == "advbench"}
     assert set(declared.values()) <= allowed
     assert declared == {"contrastive": "exact", "feature-squeezing": "bpda", "kd-bu": "eot", "label-only": "bpda",
-                        "lid": "eot", "mahalanobis": "exact", "msp": "exact"}
+                        "lid": "eot", "mahalanobis": "exact", "msp": "exact", "dknn": ""}
 
 
 def test_only_lan_per_sample_is_not_differentiable():

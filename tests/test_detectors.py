@@ -22,16 +22,17 @@ from advbench.plugins import lookup
 ROWS = [
     ("contrastive", {}),
     ("label-only", {}),
-    ("feature-squeezing", {"bits": 1, "median_size": 2}),
+    ("feature-squeezing", {"bits": 1, "median_size": 2, "squeezers": ["bit-depth", "median"]}),
     ("kd-bu", {"mc_samples": 8, "max_train": 800}),
     ("lid", {"k": 10, "minibatch": 100}),
     ("mahalanobis", {"max_train": 800}),
+    ("dknn", {"max_train": 800}),
 ]
 # MC dropout draws its masks per scored batch, so kd-bu's scores depend on how inputs are batched.
 BATCH_DEPENDENT = {"kd-bu"}
 # The paper each detector's docstring must name.
 PAPER = {"contrastive": "Nguyen", "label-only": "Nguyen", "feature-squeezing": "Xu", "kd-bu": "Feinman",
-         "lid": "Ma", "mahalanobis": "Lee"}
+         "lid": "Ma", "mahalanobis": "Lee", "dknn": "Papernot"}
 # AUROC floor on FGSM. label-only sees nothing but the predicted label: in this world even a regression fitted
 # on the evaluation pairs themselves reaches only ~0.63 (FGSM's labels pile up on a few classes, but not
 # many), and the held-out fit lands between 0.60 and 0.66 across training seeds; its floor says "above chance".
@@ -144,9 +145,10 @@ def test_world_is_sane(world):
 @pytest.mark.parametrize("name,options", ROWS, ids=IDS)
 def test_registered_with_metadata(name, options):
     cls = lookup("detector", name).cls
-    # kd-bu 2: float32 density and uncertainty (scores moved by ~2e-6); lid 2, mahalanobis 2: the papers' layers
+    # kd-bu 2: float32 density and uncertainty (scores moved by ~2e-6); 3: the paper's bandwidth and 50 passes;
+    # feature-squeezing 2: non-local means among the default squeezers; lid 2, mahalanobis 2: the papers' layers
     # and regressions (issue 13)
-    revisions = {"kd-bu": "2", "lid": "2", "mahalanobis": "2"}
+    revisions = {"kd-bu": "3", "feature-squeezing": "2", "lid": "2", "mahalanobis": "2"}
     assert issubclass(cls, Detector) and cls.name == name and cls.revision == revisions.get(name, "1")
     assert cls.description and "\n" not in cls.description
     assert issubclass(cls.Options, Options) and cls.__doc__ and PAPER[name] in cls.__doc__
@@ -204,7 +206,7 @@ def test_detects_fgsm(name, options, world, fitted):
     adversarial = _score_all(det, world, world["ev_adv"])
     m = detection_metrics(benign.score, adversarial.score, benign.flag, adversarial.flag)
     assert m["auroc"] > AUROC_FLOOR.get(name, 0.6), m
-    if name in {"feature-squeezing", "mahalanobis"}:  # benign-quantile threshold at fpr 0.05
+    if name in {"feature-squeezing", "mahalanobis", "kd-bu", "dknn"}:  # benign-quantile threshold at fpr 0.05
         assert m["tnr"] > 0.85, m
 
 
