@@ -24,7 +24,8 @@ CSV_TABLES = {
     "victims.csv": ("victims", ["victim", "plugin", "clean_accuracy"]),
     "interpreters.csv": ("interpreters", ["victim", "interpreter", "plugin", "mask_classifier",
                                           "mask_classifier_accuracy", "n_accuracy_masks", "majority_class_share",
-                                          "n_train_masks"]),
+                                          "n_train_masks", "match_to", "match_target_accuracy", "match_accuracy",
+                                          "match_epochs"]),
     "attacks.csv": ("attacks", ["attack", "plugin", "knowledge", "detector", "interpreter", "norm", "eps", "quantize",
                                 "targeted", "steps", "source", "n", "n_correct", "n_success", "success_rate",
                                 "success_rate_correct", "quantization_undone", "mean_linf", "mean_l2", "mean_l0",
@@ -93,6 +94,7 @@ def write_outputs(run_dir: Path, results: dict[str, Any], gallery: list) -> None
             flat.update(row.get("sweep") or {})
             for nested in ("threat_model", "scope"):  # a record's fields become columns, the row's own kept first
                 flat.update({k: v for k, v in (row.get(nested) or {}).items() if k not in flat})
+            flat.update({f"match_{k}": v for k, v in (row.get("accuracy_match") or {}).items()})
             for name, value in row.items():  # an interval is two columns a spreadsheet can read
                 if name.endswith("_ci"):
                     flat[f"{name}_low"], flat[f"{name}_high"] = value or (None, None)

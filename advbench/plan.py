@@ -193,7 +193,8 @@ class _Builder:
 
     # ------------------------------------------------------------------ classifiers
     def classifier(self, suite: Any, section: str, name: str, inputs_key: str, checkpoint: Optional[str], label: str,
-                   salt: tuple, masks: Optional[str] = None, limit: Optional[int] = None) -> Node:
+                   salt: tuple, masks: Optional[str] = None, limit: Optional[int] = None,
+                   match: Optional[dict[str, Any]] = None) -> Node:
         from pathlib import Path
 
         from advbench.cache import make_key
@@ -215,9 +216,15 @@ class _Builder:
         # the salt seeds the training, so it is part of the key: two victims with one recipe are two models
         config = {"options": _options(options), "seed": self.settings.seed, "input_shape": list(self.shape),
                   "num_classes": self.num_classes, "salt": list(salt), "numerics": self.numerics}
+        inputs = (masks,) if masks else ()
+        if match is not None:  # trained until it reads the calibration images as well as another f2 does
+            config["match"] = {"subset": self.calibration_key, "f2": match["f2"].key}
+            params["match"] = {"interp": match["interp"], "f2": match["f2"], "name": match["interpreter"],
+                               "own": match["own"], "images": self.images("calibration")}
+            inputs += match["reads"] + match["own_reads"]
         key = make_key(section, config, [inputs_key], identity(reg))
         stage = "victim" if section == "victims" else "mask-classifier"
-        return self.add(Node(key, stage, label, self.settings, inputs=(masks,) if masks else (),
+        return self.add(Node(key, stage, label, self.settings, inputs=tuple(dict.fromkeys(inputs)),
                              plugin=_with_kind(reg), options=_options(options), params=params,
                              resources={"cpus": 1, "gpus": 0, "memory_mb": 4096}))
 
@@ -234,7 +241,8 @@ class _Builder:
         return node
 
     # ------------------------------------------------------------------ interpretation
-    def interpretation(self, suite: Any, point: Point, target: str, victim: Node, iname: str) -> dict[str, Any]:
+    def interpretation(self, suite: Any, point: Point, target: str, victim: Node, iname: str,
+                       matched: Optional[dict[str, Any]] = None) -> dict[str, Any]:
         from advbench.cache import make_key
 
         spec = suite.spec
@@ -265,9 +273,12 @@ class _Builder:
         self.add(Node(mkey, "masks", f"{iname} on {target}: training masks", self.settings, inputs=inputs,
                       plugin=_with_kind(ireg), options=options, params={"interp": interp}))
         creg = suite.component("mask_classifier")[0]
+        match = None
+        if matched is not None:
+            match = {**matched, "own": interp, "own_reads": inputs}
         f2 = self.classifier(suite, "mask_classifier", "", mkey, spec.mask_classifier.checkpoint,
                              f"{creg.name} on {iname}/{target} masks", ("mask-classifier", target, iname),
-                             masks=mkey, limit=limit)
+                             masks=mkey, limit=limit, match=match)
         reads = inputs + _stored(f2)
         bkey = make_key("mask-labels", {"set": "eval", "subset": self.subset_key, "numerics": self.numerics},
                         [f2.key])
@@ -292,7 +303,7 @@ class _Builder:
                  "eval_labels": bkey, "accuracy_labels": accuracy_key, "n_accuracy": n_accuracy,
                  "accuracy_set": "eval" if n_mask_eval is None else "test-order", "n_mask_eval": n_mask_eval,
                  "n_train_masks": limit if limit is not None else self.n_train, "interp": interp, "f2": f2,
-                 "reads": reads}
+                 "reads": reads, "matched_to": matched["interpreter"] if matched else None}
         point.interpreters.append(entry)
         return entry
 
@@ -638,8 +649,16 @@ class _Builder:
         sources = list(dict.fromkeys(p.source for p in spec.evaluation.pairs))
         interps: dict[tuple[str, str], dict[str, Any]] = {}
         for target in targets:
-            for iname in suite.usable("interpreters"):
-                interps[(target, iname)] = self.interpretation(suite, point, target, need(target), iname)
+            usable = suite.usable("interpreters")
+            # an f2 matched to another's accuracy is planned after that one (it reads its result)
+            for iname in sorted(usable, key=lambda i: spec.interpreters[i].match_accuracy is not None):
+                other = spec.interpreters[iname].match_accuracy
+                if other is not None and (target, other) not in interps:  # the one to match is broken
+                    suite.broken[("interpreters", iname)] = (f"interpreters.{iname}.match_accuracy: interpreter "
+                                                             f"{other!r} did not load")
+                    continue
+                interps[(target, iname)] = self.interpretation(
+                    suite, point, target, need(target), iname, interps[(target, other)] if other else None)
         attacks: dict[tuple[str, str], dict[str, Any]] = {}
         for aname in suite.usable("attacks"):
             if _adaptive(suite, aname):  # crafted against one detector at a time: made in detection()

@@ -30,7 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 SCHEMA_VERSION = "1.3"  # 1.1: attack rows record their threat model; security, sanity_checks, comparisons
 # 1.2: seeds, rows' seed, seed_summary; evaluation's split (n_validation, split_seed, indices); validation,
-# sweep_choice; 1.3: unseen, rows' protocol and fit_attack
+# sweep_choice; 1.3: unseen, rows' protocol and fit_attack, interpreters' accuracy_match
 PRE_SCHEMA_VERSION = "0"  # what a results.json written before schema_version existed loads as
 
 __all__ = ["SCHEMA_VERSION", "Results", "VictimRow", "InterpreterRow", "AttackRow", "DetectionRow", "WorstCaseRow",
@@ -98,6 +98,18 @@ class VictimRow(Row):
     clean_accuracy: Optional[float]
 
 
+class AccuracyMatch(Row):
+    """How an f2 trained to another f2's accuracy (``match_accuracy``) got there, on the calibration images."""
+
+    to: str = Field(description="the interpreter whose f2 it was matched to")
+    target_accuracy: float = Field(description="that f2's accuracy on the calibration images")
+    accuracy: float = Field(description="this f2's accuracy on the same images, as trained")
+    n_images: int
+    epochs: Optional[int] = Field(description="the epoch training stopped after; null: trained in full without "
+                                              "reaching the target")
+    stopped: bool
+
+
 class InterpreterRow(Row):
     """One (victim, interpreter): f2's accuracy on the victim's masks."""
 
@@ -111,6 +123,8 @@ class InterpreterRow(Row):
     n_accuracy_masks: Optional[int] = None
     n_train_masks: Optional[int] = None
     mask_channels: Optional[int] = None
+    accuracy_match: Optional[AccuracyMatch] = Field(None, description="for an f2 trained to another's accuracy "
+                                                    "(match_accuracy)")
     sweep: Optional[Sweep] = None
     seed: Optional[int] = Field(None, description="the training seed, in a suite with seeds")
 

@@ -236,6 +236,8 @@ class Assembler:
                 "majority_class_share": float(counts.max() / max(1, len(read))) if len(read) else None,
                 "n_accuracy_masks": len(read), "n_train_masks": entry["n_train_masks"],
                 "mask_channels": self.mask_channels(entry), **tags})
+            if entry.get("matched_to") and self.ready(entry["f2"].key):
+                out["interpreters"][-1]["accuracy_match"] = load(entry["f2"].key).get("matched")
         attacks = {}
         for entry in point.attacks:
             if not self.ready(entry["key"]):

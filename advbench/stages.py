@@ -11,6 +11,7 @@ every memoised object is rebuilt identically from the cache when it is not there
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import time
@@ -355,13 +356,81 @@ def stage_classifier(node: Node, worker: Worker) -> dict[str, Any]:
         train_x = worker.load(p["masks"], "masks")["masks"].float()
         train_y = train_split(data, p["limit"], node.settings.seed)[1]
     ctx = worker.ctx(*p["salt"])
-    with seeded(ctx.derive_seed("fit"), worker.device):
-        classifier.fit(model, train_x, train_y, ctx)
-    state = {k: v.cpu().clone() for k, v in model.state_dict().items()}
+    matching = MatchedAccuracy(p["match"], model, worker, ctx.checkpoint) if p.get("match") else None
+    if matching is not None:
+        ctx = dataclasses.replace(ctx, checkpoint=matching)
+    try:
+        with seeded(ctx.derive_seed("fit"), worker.device):
+            classifier.fit(model, train_x, train_y, ctx)
+        state = {k: v.cpu().clone() for k, v in model.state_dict().items()}
+    except AccuracyReached as reached:
+        state = reached.state
     with torch.no_grad():  # the trained model answers the contract: N x classes finite logits
+        model.load_state_dict(state)
         probe = train_x[:2].to(worker.device)
         check_logits(node.plugin, model.eval()(probe), len(probe), p["num_classes"])
-    return {"state_dict": state}
+    out = {"state_dict": state}
+    if matching is not None:
+        out["matched"] = matching.record(model)
+    return out
+
+
+class AccuracyReached(Exception):
+    """Raised from a matched f2's epoch end: the model has reached the accuracy it is matched to."""
+
+    def __init__(self, state: dict[str, torch.Tensor]) -> None:
+        super().__init__("matched accuracy reached")
+        self.state = state
+
+
+class MatchedAccuracy(ProgressStore):
+    """The progress store of an f2 trained to another f2's accuracy: at each epoch's end (when the fit saves its
+    progress) the model reads its own masks of the held-out calibration images; once it reads them as well as
+    the other f2 reads the other interpreter's masks of the same images, training stops there. A fit that never
+    saves progress, or never gets there, trains in full; ``record`` says which."""
+
+    def __init__(self, spec: dict[str, Any], model: nn.Module, worker: Worker, inner: Optional[ProgressStore]) -> None:
+        self.model, self.worker, self.inner = model, worker, inner
+        x, self.y = images(worker, spec["images"])
+        other = load_interpretation(spec["interp"], worker)
+        other_f2 = load_classifier(spec["f2"], worker)
+        with torch.no_grad():
+            self.target = float((worker.batched(lambda b: other_f2(other.explain(b)).argmax(1), x) == self.y)
+                                .float().mean())
+        own = load_interpretation(spec["own"], worker)
+        self.masks = worker.batched(lambda b: own.explain(b), x)
+        self.name, self.epochs, self.stopped = spec["name"], 0, False
+        self.previous: Optional[tuple[int, float, dict[str, torch.Tensor]]] = None  # the last epoch below target
+
+    def accuracy(self, model: nn.Module) -> float:
+        with torch.no_grad():
+            was = model.training
+            read = self.worker.predict(model.eval(), self.masks)
+            model.train(was)
+        return float((read == self.y).float().mean())
+
+    def save(self, state: dict[str, Any]) -> None:
+        epoch = int(state.get("epoch", self.epochs + 1))
+        accuracy = self.accuracy(self.model)
+        weights = {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
+        if accuracy >= self.target:
+            self.stopped = True
+            # the epoch before may sit closer to the target from below than this one does from above
+            if self.previous is not None and self.target - self.previous[1] < accuracy - self.target:
+                self.epochs, weights = self.previous[0], self.previous[2]
+            else:
+                self.epochs = epoch
+            raise AccuracyReached(weights)
+        self.previous = (epoch, accuracy, weights)
+        if self.inner is not None:
+            self.inner.save(state)
+
+    def load(self) -> Optional[dict[str, Any]]:
+        return self.inner.load() if self.inner is not None else None
+
+    def record(self, model: nn.Module) -> dict[str, Any]:
+        return {"to": self.name, "target_accuracy": self.target, "accuracy": self.accuracy(model),
+                "n_images": len(self.y), "epochs": self.epochs if self.stopped else None, "stopped": self.stopped}
 
 
 def stage_accuracy(node: Node, worker: Worker) -> dict[str, Any]:

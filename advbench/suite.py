@@ -60,6 +60,9 @@ class ComponentSpec(_Strict):
                                        "test masks (overrides evaluation.n_mask_eval)")
     threat_model: Optional[ThreatModelSpec] = Field(None, description="attacks: this attack's threat model, "
                                                     "overriding the top level's fields it sets")
+    match_accuracy: Optional[str] = Field(None, description="interpreters: train this interpreter's f2 only until "
+                                          "it reads the calibration images as well as the named interpreter's f2 "
+                                          "does (a control matched in accuracy, e.g. raw-pixels)")
 
 
 class PairSpec(_Strict):
@@ -341,6 +344,8 @@ class Suite:
                 for field in ("mask_train_limit", "n_mask_eval"):
                     if getattr(spec, field) is not None and section != "interpreters":
                         raise SuiteError(self.source, f"{path}.{field}", "allowed only for interpreters")
+                if spec.match_accuracy is not None:
+                    self._check_match(path, key, spec.match_accuracy, section)
                 if spec.threat_model is not None and section != "attacks":
                     raise SuiteError(self.source, f"{path}.threat_model", "allowed only for attacks (and at the "
                                      "top level)")
@@ -356,6 +361,21 @@ class Suite:
         if any(d.needs_interpreter for d in detectors) and not self.spec.interpreters:
             raise SuiteError(self.source, "interpreters", "empty, but a detector needs an interpreter; "
                              f"installed interpreters: {', '.join(plugins.names('interpreter'))}")
+
+    def _check_match(self, path: str, key: str, other: str, section: str) -> None:
+        at = f"{path}.match_accuracy"
+        if section != "interpreters":
+            raise SuiteError(self.source, at, "allowed only for interpreters")
+        candidates = [k for k, s in self.spec.interpreters.items() if k != key and s.match_accuracy is None]
+        if other not in candidates:
+            raise SuiteError(self.source, at, f"{other!r} is not another interpreter of this suite; allowed: "
+                             f"{', '.join(candidates) or 'none'} (one without match_accuracy itself)")
+        if not self.spec.evaluation.n_calibration:
+            raise SuiteError(self.source, at, "needs calibration images, where the accuracies are matched; "
+                             "allowed with evaluation.n_calibration of 1 or more")
+        if self.spec.mask_classifier.checkpoint is not None:
+            raise SuiteError(self.source, at, "f2 is loaded from mask_classifier.checkpoint, not trained; allowed "
+                             "only when f2 is trained")
 
     def with_overrides(self, overrides: list[str], origin: str = "--set") -> "Suite":
         raw = copy.deepcopy(self.raw)

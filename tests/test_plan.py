@@ -211,6 +211,41 @@ def test_unseen_fit_must_name_an_oblivious_attack(tmp_path):
     assert "fgsm, pgd" in result.stderr and "Traceback" not in result.stderr
 
 
+def test_a_control_f2_is_trained_only_to_the_accuracy_it_is_matched_to(tmp_path):
+    """raw-pixels' f2 matched to gradcam's: training stops at the epoch whose accuracy on the calibration images
+    is nearest gradcam's f2's there (from below or above), and the row says how far it got."""
+    suite = yaml.safe_load(open(small_digits(tmp_path)))
+    suite["mask_classifier"]["options"]["epochs"] = 20
+    path = small_digits(tmp_path, interpreters={"gradcam": {}, "raw-pixels": {"match_accuracy": "gradcam"}},
+                        detectors={"contrastive": {}}, mask_classifier=suite["mask_classifier"])
+    advbench_cli("run", path, "--out", str(tmp_path / "run"), "--no-report", "--threads", "1",
+                 cache=tmp_path / "cache")
+    rows = {r["interpreter"]: r for r in load_results(tmp_path / "run")["interpreters"]}
+    match = rows["raw-pixels"]["accuracy_match"]
+    assert rows["gradcam"].get("accuracy_match") is None
+    assert match["to"] == "gradcam" and match["stopped"] and 1 <= match["epochs"] < 20
+    assert abs(match["accuracy"] - match["target_accuracy"]) <= 0.1
+    # trained in full, the same f2 reads the raw images better than the matched one does
+    full = small_digits(tmp_path, interpreters={"gradcam": {}, "raw-pixels": {}}, detectors={"contrastive": {}},
+                        mask_classifier=suite["mask_classifier"])
+    advbench_cli("run", full, "--out", str(tmp_path / "full"), "--no-report", "--threads", "1",
+                 cache=tmp_path / "cache")
+    unmatched = {r["interpreter"]: r for r in load_results(tmp_path / "full")["interpreters"]}["raw-pixels"]
+    assert unmatched["mask_classifier_accuracy"] > rows["raw-pixels"]["mask_classifier_accuracy"]
+
+
+@pytest.mark.parametrize("interpreters,message", [
+    ({"gradient": {}, "raw-pixels": {"match_accuracy": "lan"}}, "'lan' is not another interpreter of this suite; "
+                                                                "allowed: gradient"),
+    ({"gradient": {"match_accuracy": "gradient"}}, "'gradient' is not another interpreter"),
+])
+def test_match_accuracy_names_another_interpreter(tmp_path, interpreters, message):
+    path = small_digits(tmp_path, interpreters=interpreters)
+    result = advbench_cli("run", path, "--no-report", cache=tmp_path / "cache", check=False)
+    assert result.returncode == 2 and "match_accuracy" in result.stderr and message in result.stderr
+    assert "Traceback" not in result.stderr
+
+
 def test_the_controls_run_beside_the_interpretation(tmp_path):
     """raw-pixels makes f2 a second classifier on the images (the contrastive rule without interpretation);
     msp scores the victim's own confidence. Both are ordinary plugins in the same grid."""

@@ -135,13 +135,16 @@ def victims_table(view: View) -> Table:
 def interpreters_table(view: View) -> Table:
     with_f2 = any(row.get("mask_classifier") for row in view.interpreters)
     with_sweep = any(sweep_label(row) for row in view.interpreters)
+    with_match = any(row.get("accuracy_match") for row in view.interpreters)
     body = []
     for row in view.interpreters:
+        match = mapping(row.get("accuracy_match"))
         body.append([text(row.get("victim")), text(row.get("interpreter")), text(row.get("plugin"))]
                     + ([text(row.get("mask_classifier"))] if with_f2 else [])
                     + ([text(sweep_label(row))] if with_sweep else [])
                     + [num(row.get("mask_classifier_accuracy")), count(row.get("n_accuracy_masks")),
-                       num(row.get("majority_class_share")), count(row.get("n_train_masks"))])
+                       num(row.get("majority_class_share")), count(row.get("n_train_masks"))]
+                    + ([Cell(_match_label(match)) if match else text(None)] if with_match else []))
     return Table("table-interpreters",
                  [Column("victim"), Column("interpreter"), Column("plugin")]
                  + ([Column("f2", title="the mask classifier's plugin")] if with_f2 else [])
@@ -150,8 +153,16 @@ def interpreters_table(view: View) -> Table:
                     Column("test masks", "num", "clean test images the accuracy is measured on"),
                     Column("majority class share", "num", "share of the most frequent class among f2's predictions: "
                            "near 1 means f2 collapsed onto one class"),
-                    Column("training masks", "num", "training images whose masks f2 learned from")],
+                    Column("training masks", "num", "training images whose masks f2 learned from")]
+                 + ([Column("matched to", title="an f2 trained only until it read the calibration images as "
+                            "well as another interpreter's f2 (match_accuracy)")] if with_match else []),
                  body, "Mask classifiers (f2): accuracy on the masks of the clean test set.")
+
+
+def _match_label(match: dict[str, Any]) -> str:
+    how = f"stopped after epoch {match.get('epochs')}" if match.get("stopped") else "trained in full, short of it"
+    return (f"{match.get('to')}: {fmt(match.get('accuracy'))} vs {fmt(match.get('target_accuracy'))} on "
+            f"{match.get('n_images')} calibration images, {how}")
 
 
 def threat_label(threat: Any) -> Optional[str]:
