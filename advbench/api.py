@@ -202,6 +202,8 @@ class Interpreter(Component):
     # double backprop, a LAN as a forward pass); False for methods that cannot be differentiated (an optimisation
     # per image): adaptive attacks through such an interpreter are not run, and their rows say so
     differentiable: ClassVar[bool] = True
+    # a control, not a method: a stand-in that interprets nothing (raw-pixels), which an interpretation must beat
+    control: ClassVar[bool] = False
 
     def build(self, input_shape: Sequence[int], num_classes: int) -> Optional[nn.Module]:
         return None
@@ -345,6 +347,8 @@ class Detector(Component):
     score_definition: ClassVar[str] = ""
     needs_interpreter: ClassVar[bool] = False
     needs_adversarial_fit: ClassVar[bool] = False
+    # a control, not a method (label-only, msp): results compare every interpretation-based detector against it
+    control: ClassVar[bool] = False
 
     def fit(self, env: DetectorEnv, benign_x: torch.Tensor, adversarial_x: torch.Tensor, ctx: RunContext) -> None:
         return None

@@ -52,6 +52,9 @@ CSV_TABLES = {
                                         "auroc_best", "auroc_other", "delta", "delta_ci_low", "delta_ci_high",
                                         "p_value", "significant"]),
     # written only where the run has the section: with seeds, with a sweep, with detectors fitted per attack
+    "controls.csv": ("controls", ["attack", "source", "target", "subset", "population", "detector", "control",
+                                  "auroc", "auroc_control", "delta", "delta_ci_low", "delta_ci_high", "p_value",
+                                  "verdict"]),
     "unseen.csv": ("unseen", ["detector", "interpreter", "fit_attack", "attack", "source", "target", "subset",
                               "population", "n_adversarial", "n_benign", "auroc", "auroc_ci_low", "auroc_ci_high",
                               "tpr_cal_1", "fpr_cal_1", "tpr_cal_5", "fpr_cal_5", "tpr_cal_10", "fpr_cal_10",
@@ -66,7 +69,7 @@ CSV_TABLES = {
                                           "validation_auroc", "evaluation_auroc", "evaluation_auroc_ci_low",
                                           "evaluation_auroc_ci_high"]),
 }
-OPTIONAL_TABLES = ("seed_summary", "validation", "sweep_choice", "unseen")
+OPTIONAL_TABLES = ("seed_summary", "validation", "sweep_choice", "unseen", "controls")
 
 
 def write_outputs(run_dir: Path, results: dict[str, Any], gallery: list) -> None:

@@ -373,6 +373,9 @@ class _Builder:
                "f2": interp["f2"] if interp else None}
         env_inputs = interp["reads"] if interp else _stored(victim)
         adversarial_fit = dreg.cls.needs_adversarial_fit
+        # what the row is: an interpretation-based detector, a control it must beat, or another method
+        control = dreg.cls.control or (iname is not None and suite.component("interpreters", iname)[0].cls.control)
+        role = "control" if control else ("interpretation" if iname else "method")
         name = f"{dname}{'/' + iname if iname else ''} on {target}"
         n_eval = self.subset["n_eval"]
         common = dict(plugin=_with_kind(dreg), options=_options(doptions),
@@ -443,7 +446,7 @@ class _Builder:
                 "adversarial_fit": adversarial_fit, "knowledge": "oblivious", "attack_plugin": adv["plugin"],
                 "threat_model": adv.get("threat_model"), "steps": adv.get("steps"),
                 "gradient": dreg.cls.adaptive_gradient or None, "fit_attack": aname if adversarial_fit else None,
-                "protocol": "seen" if adversarial_fit else None,
+                "protocol": "seen" if adversarial_fit else None, "role": role,
                 "benign": benign_key, "adversarial": adversarial_key, "attack_key": adv["key"],
                 "calibration": calibration_key, "transfer": transfer_key,
                 "labels": labels_key, "benign_labels": benign_labels, "validation": validation}

@@ -30,7 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 SCHEMA_VERSION = "1.3"  # 1.1: attack rows record their threat model; security, sanity_checks, comparisons
 # 1.2: seeds, rows' seed, seed_summary; evaluation's split (n_validation, split_seed, indices); validation,
-# sweep_choice; 1.3: unseen, rows' protocol and fit_attack, interpreters' accuracy_match
+# sweep_choice; 1.3: unseen, rows' protocol and fit_attack, interpreters' accuracy_match, controls
 PRE_SCHEMA_VERSION = "0"  # what a results.json written before schema_version existed loads as
 
 __all__ = ["SCHEMA_VERSION", "Results", "VictimRow", "InterpreterRow", "AttackRow", "DetectionRow", "WorstCaseRow",
@@ -335,6 +335,28 @@ class Comparison(Row):
     seed: Optional[int] = Field(None, description="the training seed, in a suite with seeds")
 
 
+class ControlComparison(Row):
+    """An interpretation-based detector against a control (label-only, msp, the contrastive rule on raw pixels)
+    read on the same inputs: DeLong's paired test of the AUROC difference."""
+
+    attack: str
+    source: str
+    target: str
+    subset: Literal["all", "filtered"]
+    population: str
+    detector: str = Field(description="detector/interpreter")
+    control: str = Field(description="the control detector[/interpreter]")
+    auroc: Optional[float] = None
+    auroc_control: Optional[float] = None
+    delta: Optional[float] = Field(None, description="AUROC detector - control")
+    delta_ci: Optional[list[Optional[float]]] = Field(None, description="DeLong's paired 95% interval of delta")
+    p_value: Optional[float] = None
+    significant: bool
+    verdict: Literal["beats", "within noise", "worse"]
+    sweep: Optional[Sweep] = None
+    seed: Optional[int] = Field(None, description="the training seed, in a suite with seeds")
+
+
 class FailedCell(Row):
     """A node whose plugin broke its output contract or raised: the grid went on without it and its dependents."""
 
@@ -432,6 +454,9 @@ class Results(Row):
     unseen: Optional[list[DetectionRow]] = Field(
         None, description="detectors fitted on adversarial examples of one attack (fit_attack), tested on the "
                           "others; only where a suite has such a detector and two or more attacks")
+    controls: Optional[list[ControlComparison]] = Field(
+        None, description="every interpretation-based detector against every control on the same inputs; only "
+                          "where a suite has both")
     worst_case: list[WorstCaseRow] = Field(default_factory=list)
     security: list[SecurityRow] = Field(default_factory=list, description="attack success under detection")
     comparisons: list[Comparison] = Field(default_factory=list, description="paired AUROC tests: best detector "

@@ -211,7 +211,7 @@ class Assembler:
         tags = {**({"sweep": dict(point.values)} if point.values else {}),
                 **({"seed": point.seed} if point.seed is not None else {})}
         out: dict[str, Any] = {"victims": {}, "interpreters": [], "attacks": [], "detection": [], "unseen": [],
-                               "worst_case": [], "security": [], "comparisons": [], "validation": [], "warnings": [],
+                               "controls": [], "worst_case": [], "security": [], "comparisons": [], "validation": [], "warnings": [],
                                "_sweep": point.values, "_seed": point.seed}
         load = self.driver.load
         for name, entry in point.victims.items():
@@ -358,7 +358,8 @@ class Assembler:
                     if not unseen:
                         same_inputs.setdefault((d["attack_key"], d["attack"], d["source"], d["target"], subset, population),
                                                {})[_label(d)] = (scores["benign"]["score"][negatives],
-                                                                 scores["adversarial"]["score"][chosen], row["auroc"])
+                                                                 scores["adversarial"]["score"][chosen], row["auroc"],
+                                                                 d.get("role"))
                     if calibration is not None:  # thresholds from held-out benign images, the same for every row
                         row["calibrated"] = metrics.calibrated_metrics(
                             calibration, scores["benign"]["score"][negatives], scores["adversarial"]["score"][chosen])
@@ -377,6 +378,7 @@ class Assembler:
             if not unseen:
                 out["validation"].extend(self.validation(d, tags))
         out["comparisons"].extend(_comparisons(same_inputs, tags))
+        out["controls"].extend(_against_controls(same_inputs, tags))
         # a detector fitted per attack: its worst case reads the model of the unseen protocol (evaluation.unseen_fit)
         unseen_model = {(d["detector"], d["interpreter"], d["source"], d["target"]): d["fit_attack"]
                         for d in point.detections if d.get("protocol") == "unseen"}
@@ -470,7 +472,7 @@ def _comparisons(same_inputs: dict[tuple, dict[str, tuple]], sweep: dict[str, An
     DeLong's paired test, so "best" is said only where it is beyond noise."""
     rows = []
     for (_, attack, source, target, subset, population), detectors in same_inputs.items():
-        ranked = sorted(((auroc, name) for name, (_, _, auroc) in detectors.items() if auroc is not None),
+        ranked = sorted(((auroc, name) for name, (_, _, auroc, _) in detectors.items() if auroc is not None),
                         reverse=True)
         if len(ranked) < 2:
             continue
@@ -482,6 +484,26 @@ def _comparisons(same_inputs: dict[tuple, dict[str, tuple]], sweep: dict[str, An
                 rows.append({"attack": attack, "source": source, "target": target, "subset": subset,
                              "population": population, "best": best, "other": other,
                              "auroc_best": detectors[best][2], "auroc_other": detectors[other][2], **test, **sweep})
+    return rows
+
+
+def _against_controls(same_inputs: dict[tuple, dict[str, tuple]], sweep: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every interpretation-based detector against every control read on the same inputs (DeLong's paired test):
+    an interpretation earns its place only where it beats them all beyond noise."""
+    rows = []
+    for (_, attack, source, target, subset, population), detectors in same_inputs.items():
+        controls = [name for name, entry in detectors.items() if entry[3] == "control"]
+        for name, (benign, adversarial, auroc, role) in detectors.items():
+            if role != "interpretation":
+                continue
+            for control in controls:
+                test = metrics.paired_auroc_test(benign, adversarial, detectors[control][0], detectors[control][1])
+                if test is None:
+                    continue
+                verdict = "within noise" if not test["significant"] else ("beats" if test["delta"] > 0 else "worse")
+                rows.append({"attack": attack, "source": source, "target": target, "subset": subset,
+                             "population": population, "detector": name, "control": control, "auroc": auroc,
+                             "auroc_control": detectors[control][2], **test, "verdict": verdict, **sweep})
     return rows
 
 
@@ -715,8 +737,8 @@ def _sanity(results: dict[str, Any]) -> None:
 
 
 def _merge(results: dict[str, Any], out: dict[str, Any]) -> None:
-    for key in ("interpreters", "attacks", "detection", "unseen", "worst_case", "security", "comparisons",
-                "validation", "warnings"):
+    for key in ("interpreters", "attacks", "detection", "unseen", "controls", "worst_case", "security",
+                "comparisons", "validation", "warnings"):
         if out.get(key) or key in results:  # a run without a sweep has no validation section at all
             results.setdefault(key, []).extend(out.get(key, []))
     seed = out.get("_seed")

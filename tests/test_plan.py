@@ -265,10 +265,22 @@ def test_the_controls_run_beside_the_interpretation(tmp_path):
                          detectors={"contrastive": {}, "msp": {}})
     advbench_cli("run", suite, "--out", str(tmp_path / "run"), "--no-report", "--threads", "1",
                  cache=tmp_path / "cache")
-    rows = load_results(tmp_path / "run")["detection"]
+    results = load_results(tmp_path / "run")
+    rows = results["detection"]
     assert {(r["detector"], r["interpreter"]) for r in rows} == {("contrastive", "gradient"),
                                                                  ("contrastive", "raw-pixels"), ("msp", None)}
     assert all(0 <= r["auroc"] <= 1 for r in rows if r["auroc"] is not None)
+    # the interpretation against each control, paired on the same inputs; the verdict follows the interval
+    compared = [r for r in results["controls"] if r["subset"] == "all" and r["population"] == "successful"]
+    assert {(r["attack"], r["detector"], r["control"]) for r in compared} == {
+        (a, "contrastive/gradient", c) for a in ("fgsm", "pgd") for c in ("msp", "contrastive/raw-pixels")}
+    auroc = {(r["detector"], r["interpreter"], r["attack"]): r["auroc"] for r in rows
+             if r["subset"] == "all" and r["population"] == "successful"}
+    for r in compared:
+        low, high = r["delta_ci"]
+        assert r["verdict"] == ("beats" if low > 0 else "worse" if high < 0 else "within noise")
+        assert r["auroc"] == auroc[("contrastive", "gradient", r["attack"])]
+        assert r["delta"] == pytest.approx(r["auroc"] - r["auroc_control"], abs=1e-5)
 
 
 def test_every_detector_is_read_at_thresholds_chosen_on_calibration_images_only(tmp_path, monkeypatch):

@@ -411,3 +411,35 @@ def unseen_table(view: View) -> Table:
     return Table("table-unseen", columns, rows, "Detectors that learn from adversarial examples, fitted on one "
                  "attack (evaluation.unseen_fit) and tested on the others; successful adversarial inputs, every "
                  "natural evaluation image as benign.")
+
+
+def controls_table(view: View) -> tuple[Table, list[str]]:
+    """Each interpretation-based detector against each control on the same inputs (subset all, successful
+    adversarial inputs), and per attack the detectors that beat every control beyond noise."""
+    rows, cells = [], {}
+    for r in dicts(view.results.get("controls")):
+        if subset(r) != "all" or population(r) != "successful":
+            continue
+        key = (r.get("attack"), r.get("source"), r.get("target"), r.get("detector"))
+        cells.setdefault(key, []).append(r)
+    controls = ordered(str(r.get("control")) for group in cells.values() for r in group)
+    verdicts = []
+    for (attack, source, target, detector), group in cells.items():
+        by_control = {str(r.get("control")): r for r in group}
+        line = [text(attack), text(f"{source}->{target}"), text(detector)]
+        for control in controls:
+            r = by_control.get(control)
+            if r is None:
+                line.append(text(None))
+                continue
+            ci = r.get("delta_ci") or [None, None]
+            line.append(Cell(f"{r.get('verdict')} ({fmt(r.get('delta'))} [{fmt(ci[0])}, {fmt(ci[1])}])",
+                             "num", f"AUROC {fmt(r.get('auroc'))} vs {fmt(r.get('auroc_control'))}, "
+                                    f"p = {fmt(r.get('p_value'))}"))
+        rows.append(line)
+        if all(r.get("verdict") == "beats" for r in group):
+            verdicts.append(f"{detector} beats every control on {attack} ({source}->{target})")
+    columns = [Column("attack"), Column("pair"), Column("detector")] + \
+        [Column(f"vs {c}", "num", "verdict (AUROC difference [DeLong paired 95% interval])") for c in controls]
+    return Table("table-controls", columns, rows, "Interpretation-based detectors against the controls on the same "
+                 "inputs: beats / within noise / worse, with the AUROC difference and its paired interval."), verdicts

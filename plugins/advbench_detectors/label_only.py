@@ -33,6 +33,7 @@ class LabelOnly(Detector):
     name = "label-only"
     description = "Control: logistic regression on the victim's one-hot predicted label"
     revision = "1"
+    control = True
     Options = LabelOnlyOptions
     needs_adversarial_fit = True
     adaptive_gradient = "bpda"

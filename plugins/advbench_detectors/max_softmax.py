@@ -25,6 +25,7 @@ class MaxSoftmax(Detector):
     aliases = ("max-softmax",)
     description = "Hendrycks & Gimpel 2017: 1 - the victim's maximum softmax probability (a control)"
     revision = "1"
+    control = True
     Options = MaxSoftmaxOptions
     adaptive_gradient = "exact"
 

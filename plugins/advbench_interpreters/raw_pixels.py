@@ -24,6 +24,7 @@ class RawPixels(api.Interpreter):
     name = "raw-pixels"
     description = "Control: the mask is the image itself, so f2 is a second classifier on raw pixels"
     revision = "1"
+    control = True
 
     def explain(self, state: Optional[nn.Module], victim: nn.Module, x: torch.Tensor,
                 ctx: api.RunContext) -> torch.Tensor:

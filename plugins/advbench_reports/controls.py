@@ -10,7 +10,8 @@ from __future__ import annotations
 from advbench.report.format import NA
 
 # detector name -> what it does, as the page says it
-CONTROLS = {"label-only": "it flags on the victim's label alone"}
+CONTROLS = {"label-only": "it flags on the victim's label alone",
+            "msp": "it scores the victim's own confidence alone"}
 
 
 def is_control(detector: str) -> bool:
