@@ -119,8 +119,8 @@ def paper_tables(view: View, reference: dict[str, Any]) -> list[Table]:
 def section(results: dict[str, Any]) -> Optional[dict[str, Any]]:
     """The "Paper vs this run" section, right after the overview; None without a ``paper_reference``."""
     reference = results.get("paper_reference")
-    if not isinstance(reference, dict):
-        return None
+    if not isinstance(reference, dict) or not any(name in reference for name in PAPER_TABLES):
+        return None  # e.g. a reference holding only the baselines' published numbers (advbench_reports.baselines)
     template = resources.files(__package__).joinpath("templates", "paper.html").read_text(encoding="utf-8")
     return {"id": "paper", "title": "Paper vs this run", "place": "after:overview", "template": template,
             "context": {"tables": paper_tables(View.of(results), reference), "note": reference.get("note"),
