@@ -58,9 +58,21 @@ class Component:
     aliases: ClassVar[tuple[str, ...]] = ()
     revision: ClassVar[str] = "1"
     Options: ClassVar[type[Options]] = Options
+    # whether what the component computes depends on the run's batch size (``ctx.batch_size``): through which inputs
+    # share a batch (statistics, an early stop or a search over the whole batch, random numbers drawn per batch,
+    # say from ``ctx.generator`` salted by the batch, or from the global RNG the harness seeds per batch), or by
+    # training with that batch size. False: each input's result is the same in any batch (up to float rounding),
+    # so the batch size is left out of the cache keys of what it computes and raising it recomputes nothing.
+    # True: those keys hold the run's batch size. ``depends_on_batch`` may refine it from the options.
+    batch_dependent: ClassVar[bool] = False
 
     def __init__(self, options: Optional[Options] = None, **kwargs: Any) -> None:
         self.options = options if options is not None else type(self).Options(**kwargs)
+
+    def depends_on_batch(self) -> bool:
+        """Whether this component, with its options, depends on the run's batch size: ``batch_dependent`` unless
+        a subclass whose options decide it overrides this (PGD depends on it only with a random start)."""
+        return type(self).batch_dependent
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.options!r})"

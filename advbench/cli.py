@@ -420,7 +420,8 @@ def plan_command(suite_file: Path, limit: Optional[int], seed: Optional[int], ov
     """
     from advbench.cache import Cache
     from advbench.plan import build_plan, data_node
-    from advbench.runner import make_executor, run_settings
+    from advbench.devices import resolve_device
+    from advbench.runner import make_executor, run_settings, with_batch_size
     from advbench.stages import load_dataset
     from advbench.suite import load_suite
 
@@ -430,6 +431,7 @@ def plan_command(suite_file: Path, limit: Optional[int], seed: Optional[int], ov
     cache = Cache()
     settings = run_settings(suite, cache, device or suite.spec.device, threads, make_executor(suite))
     data = load_dataset(data_node(suite, settings))
+    settings = with_batch_size(settings, suite, data, resolve_device(settings.device, "device"))
     graph = build_plan(suite, data, settings, limit)
     rows = [{"key": node.key, "stage": node.stage, "label": node.label, "inputs": list(node.inputs),
              "plugin": (node.plugin or {}).get("name"), "resources": node.resources,

@@ -46,6 +46,10 @@ class Node:
 # ---------------------------------------------------------------------- building the plan
 
 CHUNK = 256  # images per cached attack chunk: the unit a killed run resumes from and a worker runs
+# The batch size an attack set's key holds when nothing in it depends on the batch (``Component.batch_dependent``):
+# its images are the same in any batch, so the key names this fixed reference instead of the run's batch size. It
+# is the default batch size, the one every key held before, so caches made before stay valid.
+REFERENCE_BATCH = 128
 
 
 @dataclass
@@ -191,6 +195,21 @@ class _Builder:
     def images(self, which: str, **extra: Any) -> dict[str, Any]:
         return {"set": which, "data": self.data, "subset": self.subset, **extra}
 
+    def key_batch(self, *components: tuple[Any, Any]) -> int:
+        """The batch size an attack set's key holds: the run's own where one of ``components`` ((registration,
+        options) pairs) depends on it, else ``REFERENCE_BATCH``: results do not depend on it there, and caches
+        made before (at the default 128) stay valid."""
+        dependent = any(_depends_on_batch(reg, options) for reg, options in components)
+        return self.settings.batch_size if dependent else REFERENCE_BATCH
+
+    def fit_batch(self, reg: Any, options: Any) -> dict[str, int]:
+        """The batch size a fitted state's key (an interpreter's, a detector's) holds: none where the component
+        does not depend on it or the run uses ``REFERENCE_BATCH`` (those keys never held it, and keep their form),
+        the run's own otherwise."""
+        if self.settings.batch_size != REFERENCE_BATCH and _depends_on_batch(reg, options):
+            return {"batch_size": self.settings.batch_size}
+        return {}
+
     # ------------------------------------------------------------------ classifiers
     def classifier(self, suite: Any, section: str, name: str, inputs_key: str, checkpoint: Optional[str], label: str,
                    salt: tuple, masks: Optional[str] = None, limit: Optional[int] = None,
@@ -252,7 +271,7 @@ class _Builder:
         options = _options(ioptions)
         fit_options = {k: v for k, v in options.items() if k not in ireg.cls.explain_options}
         iconfig = {"options": fit_options, "seed": self.settings.seed, "salt": ["interpreter", target, iname],
-                   "numerics": self.numerics}
+                   "numerics": self.numerics, **self.fit_batch(ireg, ioptions)}
         raw_limit = spec.interpreters[iname].mask_train_limit or spec.evaluation.mask_train_limit
         if raw_limit is not None:
             iconfig["train_limit"] = raw_limit
@@ -315,9 +334,10 @@ class _Builder:
         areg, aoptions = suite.component("attacks", aname)
         threat = suite.threat(aname)
         # the threat model and the template that enforces it decide the stored images as much as the options do
-        config = {"options": _options(aoptions), "seed": self.settings.seed, "batch_size": self.settings.batch_size,
-                  "salt": ["attack", aname, source], "subset": self.subset_key, "numerics": self.numerics,
-                  "threat": threat, "template": TEMPLATE_REVISION}
+        # the batch size: the run's own only for an attack whose images depend on it (REFERENCE_BATCH otherwise)
+        config = {"options": _options(aoptions), "seed": self.settings.seed,
+                  "batch_size": self.key_batch((areg, aoptions)), "salt": ["attack", aname, source],
+                  "subset": self.subset_key, "numerics": self.numerics, "threat": threat, "template": TEMPLATE_REVISION}
         base_key = make_key("adversarial", config, [victim.key], identity(areg))
         n = self.subset["n_eval"] + self.subset["n_fit"]
         chunks = []
@@ -387,7 +407,8 @@ class _Builder:
             adv = attacks[(aname, source)]
             fit_on = [env_key, self.subset_key] + ([adv["key"]] if adversarial_fit else [])
             fit_key = make_key("scores", {"options": _options(doptions), "seed": self.settings.seed,
-                                          "salt": ["detector", dname, iname, target], "numerics": self.numerics},
+                                          "salt": ["detector", dname, iname, target], "numerics": self.numerics,
+                                          **self.fit_batch(dreg, doptions)},
                                fit_on, identity(dreg))
             label = f"{name}, {aname} from {source}"
             params = {"detector": dname, "interpreter": iname, "target": target, "env": env, "fit_key": fit_key,
@@ -549,11 +570,15 @@ class _Builder:
         env_key = defence["env_key"]
         fit_on = [env_key, self.subset_key] + ([fit_adv["key"]] if fit_adv else [])
         fit_key = make_key("scores", {"options": _options(doptions), "seed": self.settings.seed,
-                                      "salt": ["detector", dname, iname, target], "numerics": self.numerics},
+                                      "salt": ["detector", dname, iname, target], "numerics": self.numerics,
+                                      **self.fit_batch(dreg, doptions)},
                            fit_on, identity(dreg))
         calibration_key = make_key("scores-calibration", {"subset": self.calibration_key}, [fit_key])
         n_eval = self.subset["n_eval"]
-        config = {"options": _options(aoptions), "seed": self.settings.seed, "batch_size": self.settings.batch_size,
+        # crafted through the detector's score and the interpreter's masks: the batch counts if any of them needs it
+        batch = self.key_batch((areg, aoptions), (dreg, doptions),
+                               *([suite.component("interpreters", iname)] if iname else []))
+        config = {"options": _options(aoptions), "seed": self.settings.seed, "batch_size": batch,
                   "salt": ["adaptive", aname, dname, iname, target], "subset": self.subset_key,
                   "numerics": self.numerics, "threat": threat, "template": TEMPLATE_REVISION,
                   "fpr": ADAPTIVE_FPR, "gradient": dreg.cls.adaptive_gradient}
@@ -699,6 +724,11 @@ def _steps(options: Any) -> Optional[int]:
     value = getattr(options, "steps", None)
     rounds = getattr(options, "search_steps", 1)
     return int(value) * int(rounds) if isinstance(value, int) and isinstance(rounds, int) else None
+
+
+def _depends_on_batch(reg: Any, options: Any) -> bool:
+    """Whether a component with these options depends on the run's batch size (``Component.depends_on_batch``)."""
+    return bool(reg.cls(options).depends_on_batch())
 
 
 def _stored(node: Node) -> tuple[str, ...]:

@@ -28,9 +28,10 @@ from typing import Any, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-SCHEMA_VERSION = "1.3"  # 1.1: attack rows record their threat model; security, sanity_checks, comparisons
+SCHEMA_VERSION = "1.4"  # 1.1: attack rows record their threat model; security, sanity_checks, comparisons
 # 1.2: seeds, rows' seed, seed_summary; evaluation's split (n_validation, split_seed, indices); validation,
-# sweep_choice; 1.3: unseen, rows' protocol and fit_attack, interpreters' accuracy_match, controls
+# sweep_choice; 1.3: unseen, rows' protocol and fit_attack, interpreters' accuracy_match, controls; 1.4: host's
+# batch_size (the one the run used, batch_size: auto resolved) and batch_size_requested
 PRE_SCHEMA_VERSION = "0"  # what a results.json written before schema_version existed loads as
 
 __all__ = ["SCHEMA_VERSION", "Results", "VictimRow", "InterpreterRow", "AttackRow", "DetectionRow", "WorstCaseRow",
@@ -50,6 +51,9 @@ Sweep = dict[str, Any]  # a swept field's path -> its value at this point
 class Host(Row):
     cpus: Optional[int] = None
     torch_threads: Optional[int] = None
+    batch_size: Optional[int] = Field(None, description="the batch size the run used (batch_size: auto resolved)")
+    batch_size_requested: Optional[str] = Field(None, description="'auto' where the suite asked for it; absent when "
+                                                "it named the number")
     cuda_device: Optional[str] = Field(None, description="the GPU's name, or null on CPU")
 
 

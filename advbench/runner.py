@@ -15,6 +15,7 @@ import os
 import platform
 import subprocess
 import time
+from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -27,7 +28,7 @@ from advbench.cache import Cache
 from advbench.errors import AdvbenchError
 from advbench.outputs import write_outputs
 from advbench.plan import ADAPTIVE_FPR, Node, Plan, Point, Settings, build_plan, data_node
-from advbench.devices import resolve_device
+from advbench.devices import AUTO_BATCH_CAP, DEFAULT_BATCH, fits_forward_backward, largest_fitting, resolve_device
 from advbench.seeds import seed_summary
 from advbench.selection import sweep_choice
 from advbench.stages import (InputMissing, attack_success, calibration_indices, expected_fields, has_fields,
@@ -541,10 +542,41 @@ def make_executor(suite: Suite) -> Any:
 
 def run_settings(suite: Suite, cache: Cache, device: str, threads: Optional[int], executor: Any) -> Settings:
     """What every node of a run carries: the cache, the device asked for, batch size, seed, and the torch threads
-    per worker (``threads``, else this process's cores shared by the executor's slots)."""
+    per worker (``threads``, else this process's cores shared by the executor's slots). ``batch_size: auto`` is
+    the default here until ``with_batch_size`` resolves it, which needs the data's shape."""
     slots = max(1, int(getattr(executor, "slots", 1) or 1))
-    return Settings(cache_root=str(cache.root), device=device, batch_size=suite.spec.batch_size,
+    batch = DEFAULT_BATCH if suite.spec.batch_size == "auto" else suite.spec.batch_size
+    return Settings(cache_root=str(cache.root), device=device, batch_size=batch,
                     seed=suite.spec.seed, threads=threads or default_threads(slots))
+
+
+def with_batch_size(settings: Settings, suite: Suite, data: Any, device: torch.device) -> Settings:
+    """``settings`` with the suite's batch size, ``auto`` resolved once for the run on ``device`` (the driver's):
+    on CUDA the largest power of two up to ``AUTO_BATCH_CAP`` whose forward and backward pass through every
+    victim of the suite (untrained: memory does not depend on the weights) fits in free GPU memory; on the CPU
+    ``DEFAULT_BATCH``."""
+    if suite.spec.batch_size != "auto":
+        return settings
+    if device.type != "cuda":
+        log.info("batch_size: auto resolves to %d on the %s (auto sizes batches to GPU memory only)",
+                 DEFAULT_BATCH, device.type)
+        return replace(settings, batch_size=DEFAULT_BATCH)
+    sizes: dict[str, int] = {}
+    for name in suite.spec.victims:
+        reg, options = suite.component("victims", name)
+        with torch.random.fork_rng(devices=[]):  # the weights' draw must not move the global RNG
+            model = reg.cls(options).build(data.input_shape, data.num_classes)
+        model = model.to(device).eval()
+        sizes[name] = largest_fitting(fits_forward_backward(model, data.input_shape, device))
+        del model
+        torch.cuda.empty_cache()
+    name = min(sizes, key=lambda n: sizes[n])
+    if sizes[name] == 0:
+        raise AdvbenchError(f"{suite.source}: batch_size: auto: not even one image's forward and backward pass "
+                            f"through victim {name!r} fits in free GPU memory; allowed: a number, or device cpu")
+    log.info("batch_size: auto resolves to %d on %s (the largest power of two up to %d whose forward and "
+             "backward pass through victim %s fits in free GPU memory)", sizes[name], device, AUTO_BATCH_CAP, name)
+    return replace(settings, batch_size=sizes[name])
 
 
 def run_suite(suite: Suite, run_dir: Path, device: Any, cache: Cache, limit: Optional[int] = None,
@@ -606,6 +638,12 @@ def run_suite(suite: Suite, run_dir: Path, device: Any, cache: Cache, limit: Opt
                  len(data.test_x), time.perf_counter() - start)
         data_record = {"stage": "data", "label": dnode.label, "seconds": round(time.perf_counter() - start, 3),
                        "cached": False, "key": dnode.key}
+        settings = with_batch_size(settings, suite, data, local_device)
+        results["host"]["batch_size"] = settings.batch_size
+        if suite.spec.batch_size == "auto":  # the number auto picked is what repeats the run
+            results["host"]["batch_size_requested"] = "auto"
+            if results["command"]:
+                results["command"] += f" --set batch_size={settings.batch_size}"
         plan = build_plan(suite, data, settings, limit)
         eval_idx, fit_idx = subset_indices(plan.subset)
         split = {"eval": eval_idx, "fit": fit_idx, "calibration": calibration_indices(plan.subset),

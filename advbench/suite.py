@@ -26,6 +26,7 @@ MAX_SUITE_BYTES = 256 * 1024
 MAX_NODES = 20_000  # YAML nodes after every alias is expanded
 MAX_DEPTH = 24  # nesting levels of mappings and sequences, aliases expanded
 NAME_MAX = 100
+MAX_BATCH = 65536  # the largest batch_size a suite may ask for
 
 
 class _Strict(BaseModel):
@@ -102,7 +103,10 @@ class SuiteSpec(_Strict):
     seeds: Optional[list[Any]] = Field(None, description="run the grid once per training seed (distinct integers "
                                        ">= 0) on the same images, split by the first; mean and spread reported")
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    batch_size: int = Field(128, ge=1, le=65536)
+    batch_size: Union[int, Literal["auto"]] = Field(
+        128, description="images per batch (1 to 65536), or auto: on CUDA the largest power of two up to "
+                         "4096 whose forward and backward pass through the victims fits in free GPU memory, "
+                         "128 on the CPU")
     executor: ComponentSpec = Field(default_factory=lambda: ComponentSpec(plugin="local"))
     dataset: ComponentSpec
     victims: dict[str, ComponentSpec] = Field(min_length=1)
@@ -128,6 +132,15 @@ class SuiteSpec(_Strict):
         if len(value) > NAME_MAX:
             raise ValueError(f"{len(value)} characters; allowed: up to {NAME_MAX}")
         return value
+
+    @field_validator("batch_size", mode="before")
+    @classmethod
+    def _batch_size(cls, value: Any) -> Any:
+        if value == "auto" and isinstance(value, str):
+            return value
+        if isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= MAX_BATCH:
+            return value
+        raise ValueError(f"allowed: an integer from 1 to {MAX_BATCH}, or auto")
 
     @field_validator("sweep", mode="before")
     @classmethod

@@ -190,6 +190,17 @@ class UnclippedAttack(ShrinkingAttack):
         return x + 0.5
 
 
+class PerBatchNoiseAttack(ShrinkingAttack):
+    """Noise drawn for the whole batch from one generator: an image's draw depends on its place in the batch."""
+
+    def run(self, model, x, y, ctx):
+        return x + 0.05 * torch.randn(x.shape, generator=ctx.generator("noise")).to(x.device)
+
+
+class DeclaredPerBatchNoiseAttack(PerBatchNoiseAttack):
+    batch_dependent = True
+
+
 class NoNorm(ShrinkingAttack):
     norm = "l3"
 
@@ -273,6 +284,7 @@ BROKEN = [
     (NoDefault, "options", "every option needs a default"),
     (ShrinkingAttack, "output", "run returned shape (8, 3, 8, 8) for input (8, 3, 16, 16)"),
     (NanAttack, "output", "non-finite values"),
+    (PerBatchNoiseAttack, "batch-independent", "declare batch_dependent = True"),
     (NoNorm, "registration", "attack norm 'l3'"),
     (TwoDScores, "output", "score has shape (8, 2) for 8 inputs; expected a 1-D tensor"),
     (IntFlags, "output", "flag has dtype torch.int64"),
@@ -294,6 +306,11 @@ def test_the_kit_fails_a_broken_plugin_naming_the_check(cls, check_name, fragmen
     assert f"{cls.kind} {cls.name!r}" in message
     with pytest.raises(AssertionError, match="failed check"):
         check_plugin(cls)  # the whole kit stops at the first failing check
+
+
+def test_an_attack_that_declares_it_may_depend_on_its_batch():
+    (check,) = [check for name, check in plugin_checks(DeclaredPerBatchNoiseAttack) if name == "batch-independent"]
+    check()
 
 
 def test_an_attack_need_not_clip_its_output():

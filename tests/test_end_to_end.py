@@ -297,3 +297,24 @@ def test_two_concurrent_runs_on_one_fresh_cache_compute_each_stage_once(tmp_path
     assert all(ours[k] != theirs[k] for k in ours), (ours, theirs)
     for section in ("victims", "interpreters", "attacks", "detection", "worst_case"):
         assert first[section] == second[section], section
+
+
+def test_another_batch_size_or_auto_on_the_cpu_recomputes_nothing_digits_uses(digits_run, digits_cache, tmp_path):
+    """digits' attacks (FGSM, OPGD without a random start), interpreter and detector do not depend on the batch
+    size: at 64 every stage is read from the cache the default run filled. ``auto`` on the CPU resolves to 128,
+    says so in run.log and results.json, and the recorded command names the number."""
+    first = load_results(digits_run)
+    assert first["host"]["batch_size"] == 128 and "batch_size_requested" not in first["host"]
+    for value, batch in (("64", 64), ("auto", 128)):
+        out = tmp_path / value
+        advbench_cli("run", "suites/digits.yaml", "--out", str(out), "--no-report", "--device", "cpu",
+                     "--set", f"batch_size={value}", cache=digits_cache)
+        results = load_results(out)
+        assert all(stage["cached"] for stage in results["stages"] if stage["stage"] != "data"), value
+        assert results["detection"] == first["detection"]
+        assert results["host"]["batch_size"] == batch
+        if value == "auto":
+            assert results["host"]["batch_size_requested"] == "auto"
+            assert results["command"].endswith("--set batch_size=128")
+            log = (out / "run.log").read_text()
+            assert sum("batch_size: auto resolves to 128 on the cpu" in line for line in log.splitlines()) == 1

@@ -388,3 +388,119 @@ def test_benign_population_is_natural_by_default_and_paired_on_request(tmp_path)
             assert natural["n_benign"] == attacks[key[2]]["n"]
         assert paired["n_benign"] == paired["n_adversarial"]
         assert natural["benign_population"] == "natural" and paired["benign_population"] == "paired"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the batch size in the keys: only where a component's result depends on it
+
+
+class PerBatchNoise:
+    """A throwaway plugin: an attack that declares its images depend on the batch (noise drawn per batch)."""
+
+    import advbench as _advbench
+
+    @staticmethod
+    @_advbench.hookimpl
+    def register_attacks(register):
+        from pydantic import Field
+
+        from advbench.api import Attack, Options as BaseOptions
+
+        class BatchNoise(Attack):
+            name = "zz-batch-noise"
+            description = "test: noise drawn once per batch"
+            norm = "linf"
+            batch_dependent = True
+
+            class Options(BaseOptions):
+                eps: float = Field(0.1, ge=0.0, le=1.0)
+
+            def run(self, model, x, y, ctx):
+                raise AssertionError("planned only")
+
+        register(BatchNoise)
+
+
+def _plan_at(path: str, tmp_path, *overrides: str):
+    from advbench.plan import Settings, build_plan, data_node
+    from advbench.stages import load_dataset
+    from advbench.suite import load_suite
+
+    suite = load_suite(path, list(overrides))
+    settings = Settings(cache_root=str(tmp_path / "cache"), batch_size=suite.spec.batch_size, seed=suite.spec.seed)
+    return suite, settings, build_plan(suite, load_dataset(data_node(suite, settings)), settings)
+
+
+def _attack_keys(plan) -> dict[str, str]:
+    return {a["attack"]: a["key"] for a in plan.points[0].attacks}
+
+
+@pytest.fixture
+def batch_noise():
+    from advbench import plugins
+
+    plugins.register_plugin(PerBatchNoise, name="zz-batch-noise-plugin")
+    yield
+    plugins.unregister_plugin(PerBatchNoise)
+
+
+def test_batch_size_leaves_the_keys_of_attacks_that_do_not_depend_on_it(tmp_path, batch_noise):
+    path = small_digits(tmp_path, attacks={
+        "fgsm": {"plugin": "fgsm", "options": {"eps": 0.2}},
+        "pgd-plain": {"plugin": "pgd", "options": {"eps": 0.2, "steps": 3, "random_start": False}},
+        "pgd": {"plugin": "pgd", "options": {"eps": 0.2, "steps": 3}},  # random start drawn per batch
+        "noise": {"plugin": "zz-batch-noise"}})
+    at_128 = _attack_keys(_plan_at(path, tmp_path)[2])
+    at_64 = _attack_keys(_plan_at(path, tmp_path, "batch_size=64")[2])
+    at_32 = _attack_keys(_plan_at(path, tmp_path, "batch_size=32")[2])
+    for independent in ("fgsm", "pgd-plain"):
+        assert at_64[independent] == at_128[independent] == at_32[independent], independent
+    for dependent in ("pgd", "noise"):
+        assert len({at_128[dependent], at_64[dependent], at_32[dependent]}) == 3, dependent
+
+
+def test_attack_keys_at_the_default_batch_size_are_those_made_before(tmp_path, batch_noise):
+    """The formula every attack set's key had before the batch size could leave it: a cache filled then (at the
+    default 128) is read, not recomputed. At another batch size a batch-independent attack keeps that key."""
+    from advbench.cache import make_key
+    from advbench.plan import identity, numerics
+    from advbench.threat import TEMPLATE_REVISION
+
+    path = small_digits(tmp_path, attacks={
+        "fgsm": {"plugin": "fgsm", "options": {"eps": 0.2}},
+        "pgd": {"plugin": "pgd", "options": {"eps": 0.2, "steps": 3}},
+        "noise": {"plugin": "zz-batch-noise"}})
+    for overrides, batch in (((), {"fgsm": 128, "pgd": 128, "noise": 128}),
+                             (("batch_size=64",), {"fgsm": 128, "pgd": 64, "noise": 64})):
+        suite, settings, plan = _plan_at(path, tmp_path, *overrides)
+        victim = plan.points[0].victims["cnn"]["victim"]
+        for entry in plan.points[0].attacks:
+            name = entry["attack"]
+            reg, options = suite.component("attacks", name)
+            config = {"options": options.model_dump(mode="json"), "seed": 0, "batch_size": batch[name],
+                      "salt": ["attack", name, "cnn"], "subset": plan.subset_key, "numerics": numerics(settings),
+                      "threat": suite.threat(name), "template": TEMPLATE_REVISION}
+            assert entry["key"] == make_key("adversarial", config, [victim], identity(reg)), (overrides, name)
+
+
+def test_a_fit_that_trains_with_the_run_batch_size_keys_it_away_from_the_default(tmp_path):
+    """The LAN trains with the run's batch size unless its own option sets one: its fitted state's key holds the
+    batch size then (left out at the default 128, as before); with its own batch size it does not move."""
+    from advbench.cache import make_key
+    from advbench.plan import identity, numerics
+
+    base = {"epochs": 1, "width": 16}
+    path = small_digits(tmp_path, interpreters={"lan": {"plugin": "lan", "options": base},
+                                                "lan-own": {"plugin": "lan", "options": {**base, "batch_size": 50}}})
+
+    def fitted(*overrides: str) -> dict[str, str]:
+        return {e["interpreter"]: e["interp"]["key"] for e in _plan_at(path, tmp_path, *overrides)[2].points[0].interpreters}
+
+    at_128, at_64 = fitted(), fitted("batch_size=64")
+    assert at_64["lan-own"] == at_128["lan-own"]
+    assert at_64["lan"] != at_128["lan"]
+    suite, settings, plan = _plan_at(path, tmp_path)  # at 128: the key as it was made before
+    reg, options = suite.component("interpreters", "lan")
+    fit_options = {k: v for k, v in options.model_dump(mode="json").items() if k not in reg.cls.explain_options}
+    config = {"options": fit_options, "seed": 0, "salt": ["interpreter", "cnn", "lan"], "numerics": numerics(settings)}
+    assert at_128["lan"] == make_key("interpreter", config, [plan.points[0].victims["cnn"]["victim"]], identity(reg))

@@ -107,6 +107,9 @@ BAD = [
     ("unknown-victim-option", set_("victims.cnn.options.epoch", 3), "victims.cnn.options.epoch",
      ["small-cnn", "epochs", "did you mean 'epochs'?"]),
     ("wrong-type", set_("batch_size", "lots"), "batch_size", ["'lots'", "integer"]),
+    ("batch-size-word", set_("batch_size", "max"), "batch_size",
+     ["found 'max'", "allowed: an integer from 1 to 65536, or auto"]),
+    ("batch-size-range", set_("batch_size", 0), "batch_size", ["found 0", "allowed: an integer from 1 to 65536"]),
     ("wrong-type-nested", set_("evaluation.n_eval", [1, 2]), "evaluation.n_eval", ["[1, 2]", "integer"]),
     ("wrong-type-option", set_("attacks.fgsm.options.eps", "big"), "attacks.fgsm.options.eps", ["'big'", "number"]),
     ("wrong-choice", set_("device", "tpu"), "device", ["'tpu'", "'auto'", "'cpu'", "'cuda'"]),
@@ -347,3 +350,9 @@ def test_missing_data_path_in_a_real_process(tmp_path):
     assert lines[0].startswith("advbench: error: ") and str(path) in lines[0]
     assert "dataset.options.path" in lines[0] and str(missing) in lines[0]
     assert proc.stdout == ""
+
+
+def test_batch_size_auto_is_accepted_in_the_file_and_from_set(tmp_path):
+    assert load_suite(DIGITS, ["batch_size=auto"]).spec.batch_size == "auto"
+    assert load_suite(write(tmp_path, mutated(set_("batch_size", "auto")))).spec.batch_size == "auto"
+    assert load_suite(DIGITS, ["batch_size=64"]).spec.batch_size == 64

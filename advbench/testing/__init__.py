@@ -25,7 +25,9 @@ harness calls them (build and fit under a forked, seeded global RNG; models froz
   ``deterministic``, ``batch-independent``, ``no-grad`` (same masks inside torch.no_grad, victim untouched),
   ``global-rng`` (explain leaves the global RNGs alone; nothing reseeds them), ``silent`` (nothing printed);
 - attack: ``output`` (same shape as the input, float, finite, on ctx.device, model untouched; [0, 1] and the
-  threat model are the attack template's to enforce), ``deterministic``, ``global-rng`` (no reseeding), ``silent``;
+  threat model are the attack template's to enforce), ``deterministic``, ``batch-independent`` (unless it declares
+  ``batch_dependent``: each image's result alone equals its result in a batch), ``global-rng`` (no reseeding),
+  ``silent``;
   an adaptive attack's ``run`` also gets a ``Defence`` whose score is the victim's lack of confidence
   (1 - max softmax);
 - detector: ``output`` (DetectorOutput: score 1-D float finite, one per input; flag None or bool), ``deterministic``,
@@ -68,6 +70,7 @@ CHECKS: dict[str, list[tuple[str, Check]]] = {
     "attack": _COMMON + [
         ("output", _checks.check_attack_output),
         ("deterministic", _checks.check_attack_deterministic),
+        ("batch-independent", _checks.check_attack_batch_independent),
         ("global-rng", _checks.check_attack_global_rng),
         ("silent", _checks.check_attack_silent),
     ],

@@ -386,6 +386,24 @@ def check_attack_deterministic(subject: Subject) -> None:
     assert_equal(runs[0], runs[1], "adversarial images")
 
 
+def check_attack_batch_independent(subject: Subject) -> None:
+    """An attack that does not declare ``batch_dependent`` (for its options: ``depends_on_batch()``) gives each
+    image the same result alone as in a batch: the harness leaves the batch size out of its cache keys."""
+    attack = subject.make()
+    if attack.depends_on_batch():
+        return  # declared: its keys hold the run's batch size
+    w = world()
+    x, y = w.test_x[:4], w.test_y[:4]
+    model, ctx = w.fresh_victim(subject.device), subject.ctx(seed=3)
+    together = _attack(subject, attack, model, x, y, ctx).detach().cpu()
+    alone = torch.cat([_attack(subject, subject.make(), model, x[i:i + 1], y[i:i + 1], ctx).detach().cpu()
+                       for i in range(len(x))])
+    diff = float((together - alone).abs().max())
+    assert diff <= 1e-4, (f"an image's adversarial depends on the batch it comes in (max difference {diff:.3g}); "
+                          "declare batch_dependent = True (or depends_on_batch()) so the run's batch size stays "
+                          "in its cache keys")
+
+
 def check_attack_global_rng(subject: Subject) -> None:
     w = world()
     x, y = w.test_x[:4], w.test_y[:4]

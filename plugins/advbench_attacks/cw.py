@@ -37,6 +37,12 @@ class CarliniWagnerL2(Attack):
     description = "Carlini & Wagner l2 attack with binary search over c (Carlini & Wagner 2017), via foolbox"
     norm = "l2"
     revision = "1"
+    # foolbox's early abort compares the loss summed over the whole batch: when Adam stops for one value of c
+    # depends on the other images of the batch (the binary search itself is per image)
+    batch_dependent = True
+
+    def depends_on_batch(self) -> bool:
+        return self.options.abort_early
 
     class Options(Options):
         binary_search_steps: int = Field(5, ge=1, le=20, description="steps of the binary search over c")

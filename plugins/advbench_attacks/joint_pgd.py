@@ -51,6 +51,12 @@ class JointPGD(Attack):
     norm = "linf"
     knowledge = "adaptive"
     revision = "1"
+    # each round's random start is drawn for the whole batch from one generator salted by the batch's labels: an image's
+    # start depends on which images share its batch, so with a random start the batch size is part of the key
+    batch_dependent = True
+
+    def depends_on_batch(self) -> bool:
+        return bool(self.options.random_start and self.options.eps > 0)
 
     class Options(AdaptiveLinfOptions):
         steps: int = Field(100, ge=1, le=10_000, description="steps per round of the lambda search")

@@ -127,6 +127,12 @@ class JSMA(Attack):
     norm = "l0"
     supports_targeted = True
     revision = "1"
+    # a random target is drawn for the whole batch from one generator salted by the batch's labels: an image's
+    # target depends on which images share its batch ("next" and "least_likely" do not)
+    batch_dependent = True
+
+    def depends_on_batch(self) -> bool:
+        return self.options.target == "random"
 
     class Options(Options):
         theta: float = Field(1.0, ge=-1.0, le=1.0, description="change applied to each chosen feature")

@@ -34,6 +34,12 @@ class PGD(Attack):
     norm = "linf"
     supports_targeted = True
     revision = "1"
+    # the random start is drawn for the whole batch from one generator salted by the batch's labels: an image's
+    # start depends on which images share its batch, so with a random start the batch size is part of the key
+    batch_dependent = True
+
+    def depends_on_batch(self) -> bool:
+        return bool(self.options.random_start and self.options.eps > 0)
 
     class Options(Options):
         eps: float = Field(8 / 255, ge=0.0, le=1.0, description="l-inf budget, in [0, 1] input units")

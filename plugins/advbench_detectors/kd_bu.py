@@ -103,6 +103,9 @@ class KdBu(DeviceCache, Detector):
     # density includes the Gaussian's normalizing constant, and the flag is a 5%-FPR benign threshold (was 0.5)
     revision = "3"
     Options = KdBuOptions
+    # MC dropout draws every batch's masks from one seed (an input's masks depend on its place in the batch), and
+    # ``attack_score`` seeds them from the whole batch's content
+    batch_dependent = True
     needs_adversarial_fit = True
     adaptive_gradient = "eot"
     # 2: the logistic regression passes the logit's gradient (the sigmoid's vanished); 3: the density's bandwidth

@@ -62,6 +62,11 @@ class LatentAttentionNetwork(api.Interpreter):
     aliases = ("latent-attention",)
     description = "Latent Attention Network mask generator trained against the frozen victim (Grimm et al. 2017)"
     revision = "1"
+    # trained with minibatches of ``batch_size``, by default the run's: then the fitted state depends on it
+    batch_dependent = True
+
+    def depends_on_batch(self) -> bool:
+        return self.options.batch_size is None
     explain_options = ("output",)  # the map handed to f2 is chosen after training: one LAN serves all three
 
     class Options(api.Options):
