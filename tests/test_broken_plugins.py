@@ -57,7 +57,7 @@ CASES = {
                    "@advbench.hookimpl\ndef register_interpreters(register):\n    register(Thing)\n",
                    "which is not a subclass of advbench.api.Interpreter"),
     "newer-api": ("requires_api = '>=2.0,<3'\n", "it requires plugin API = '>=2.0,<3', but this advbench's plugin API "
-                  "is 1.0"),
+                  "is 1.1"),
     "unknown-hook": ("import advbench\n\n@advbench.hookimpl\ndef register_interpreter(register):\n    pass\n",
                      "did you mean 'register_interpreters'?"),
 }

@@ -487,7 +487,7 @@ def test_a_class_asking_for_another_plugin_api_skips_its_plugin(capsys):
 
     with registered(FuturePlugin), registered(NowPlugin):
         assert "zz-now" in plugins.names("attack") and "zz-future" not in plugins.names("attack")
-        assert "Future.plugin_api = '>=2', but this advbench's plugin API is 1.0" in _only_broken(capsys).error
+        assert f"Future.plugin_api = '>=2', but this advbench's plugin API is {advbench.PLUGIN_API_VERSION}" in _only_broken(capsys).error
 
 
 def test_lazy_registration_imports_the_class_on_first_use(tmp_path, monkeypatch):
