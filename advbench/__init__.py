@@ -10,6 +10,7 @@ __version__ = "0.1.0"
 # an existing plugin could break (a name removed or renamed, a signature or a rule changed). A plugin declares the
 # range it was written for (``requires_api = ">=1.0,<2"`` in its entry-point module, or ``plugin_api`` on a class);
 # the registry skips, with one line on stderr, a plugin whose range excludes this version.
-PLUGIN_API_VERSION = "1.1"  # 1.1: Component.batch_dependent, depends_on_batch()
+PLUGIN_API_VERSION = "1.2"  # 1.1: Component.batch_dependent, depends_on_batch(); 1.2: Detector.scores_from_forwards,
+# score_forwards()
 
 __all__ = ["PLUGIN_API_VERSION", "hookimpl", "__version__"]

@@ -361,12 +361,23 @@ class Detector(Component):
     needs_adversarial_fit: ClassVar[bool] = False
     # a control, not a method (label-only, msp): results compare every interpretation-based detector against it
     control: ClassVar[bool] = False
+    # the score is a pure function of the victim's logits f1(x) and, for ``needs_interpreter``, of f2's logits on
+    # g(x)'s masks: the harness then computes those logits once per image set (shared with every other reader)
+    # and calls ``score_forwards`` instead of ``score``; both must give the same numbers bit for bit
+    scores_from_forwards: ClassVar[bool] = False
 
     def fit(self, env: DetectorEnv, benign_x: torch.Tensor, adversarial_x: torch.Tensor, ctx: RunContext) -> None:
         return None
 
     def score(self, env: DetectorEnv, x: torch.Tensor, ctx: RunContext) -> DetectorOutput:
         raise NotImplementedError
+
+    def score_forwards(self, f1_logits: torch.Tensor, f2_logits: Optional[torch.Tensor]) -> DetectorOutput:
+        """``score`` from the logits the harness computed once: ``f1_logits`` the victim's on one batch,
+        ``f2_logits`` the mask classifier's on the interpreter's masks of the same batch (None without an
+        interpreter), both on the device. Only called when ``scores_from_forwards`` is set, on the fitted
+        detector, for the same batches ``score`` would get; the result must equal ``score``'s exactly."""
+        raise NotImplementedError(f"detector {self.name!r} does not score from logits")
 
     # how ``attack_score`` is differentiated: "exact", "bpda" (a stand-in for non-differentiable parts on the
     # backward pass), "eot" (random parts averaged over draws), "bpda+eot"; "" = no differentiable score, so an

@@ -210,6 +210,62 @@ class _Builder:
             return {"batch_size": self.settings.batch_size}
         return {}
 
+    # ------------------------------------------------------------------ shared forwards
+    def set_key(self, images: dict[str, Any]) -> list[Any]:
+        """What identifies an image set in a forwards node's key."""
+        which = images["set"]
+        if which == "adversarial":
+            return [which, images["key"], images["start"], images["stop"], images.get("of", "eval+fit")]
+        if which == "test-order":
+            from advbench.stages import test_order
+
+            return [which, tensor_digest(test_order(self.subset)[:images["n"]])]
+        digest = {"calibration": self.calibration_key, "validation": self.validation_key}.get(which, self.subset_key)
+        return [which, digest]
+
+    def forwards(self, images: dict[str, Any], victim: Optional[Node] = None,
+                 interp: Optional[dict[str, Any]] = None, chunks: tuple[str, ...] = ()) -> str:
+        """The node holding one model's logits on one image set, computed once for all its readers: the victim's
+        (f1), or, given an interpretation entry, f2's on the interpreter's masks (g then f2)."""
+        from advbench.cache import make_key
+
+        config = {"set": self.set_key(images), "numerics": self.numerics}
+        adversarial = (images["key"],) if images["set"] == "adversarial" else ()
+        if interp is None:
+            assert victim is not None
+            key = make_key("forwards", {**config, "model": "f1"}, [victim.key])
+            label = f"f1 logits of {victim.label.removeprefix('victims.')} on {images['set']}"
+            params = {"victim": victim, "images": images, "num_classes": self.num_classes, "progress": label}
+            inputs = _stored(victim) + adversarial
+        else:
+            spec, f2 = interp["interp"], interp["f2"]
+            key = make_key("forwards", {**config, "model": "f2"}, [f2.key, spec["masks_key"]])
+            label = f"f2 logits of {spec['name']}/{spec['target']} masks on {images['set']}"
+            params = {"interp": spec, "f2": f2, "images": images, "num_classes": self.num_classes, "progress": label}
+            inputs = interp["reads"] + adversarial
+        if images["set"] == "adversarial":
+            label += f" {images['key'][:8]}"
+        if chunks:  # the adversarial images read from the attack's chunks, before they are merged
+            inputs = _stored(victim) + chunks
+            params["chunks"] = list(chunks)
+        self.add(Node(key, "forwards", label, self.settings, inputs=inputs, params=params))
+        return key
+
+    def add_scores(self, key: str, label: str, inputs: tuple[str, ...], params: dict[str, Any],
+                   common: dict[str, Any], shared: Optional[dict[str, Any]]) -> None:
+        """A scores node; ``shared`` (for a detector that scores from logits: its victim node and interpretation
+        entry) routes each part through the image set's forwards nodes, which it then reads as inputs too."""
+        if shared is not None:
+            forwards = {}
+            for part in params["parts"]:
+                images = params["images"][part]
+                forwards[part] = {"f1": self.forwards(images, victim=shared["victim"]),
+                                  "f2": self.forwards(images, interp=shared["interp"]) if shared["interp"] else None}
+            inputs = inputs + tuple(k for f in forwards.values() for k in f.values() if k)
+            params = {**params, "forwards": forwards}
+        self.add(Node(key, "scores", label, self.settings, inputs=tuple(dict.fromkeys(inputs)), params=params,
+                      **common))
+
     # ------------------------------------------------------------------ classifiers
     def classifier(self, suite: Any, section: str, name: str, inputs_key: str, checkpoint: Optional[str], label: str,
                    salt: tuple, masks: Optional[str] = None, limit: Optional[int] = None,
@@ -299,11 +355,12 @@ class _Builder:
                              f"{creg.name} on {iname}/{target} masks", ("mask-classifier", target, iname),
                              masks=mkey, limit=limit, match=match)
         reads = inputs + _stored(f2)
+        shared = {"interp": interp, "f2": f2, "reads": reads}
         bkey = make_key("mask-labels", {"set": "eval", "subset": self.subset_key, "numerics": self.numerics},
                         [f2.key])
+        forwards = self.forwards(self.images("eval"), interp=shared)
         self.add(Node(bkey, "mask-labels", f"{iname} on {target}: evaluation mask labels", self.settings,
-                      inputs=reads, params={"interp": interp, "f2": f2, "images": self.images("eval"),
-                                            "progress": f"f2 labels {iname}/{target}"}))
+                      inputs=(forwards,), params={"forwards": forwards}))
         accuracy_key, n_accuracy = bkey, self.subset["n_eval"]
         n_mask_eval = spec.interpreters[iname].n_mask_eval or spec.evaluation.n_mask_eval
         if n_mask_eval is not None:
@@ -314,10 +371,9 @@ class _Builder:
             n_accuracy = len(idx)
             accuracy_key = make_key("mask-labels", {"set": "accuracy", "subset": tensor_digest(idx),
                                                     "numerics": self.numerics}, [f2.key])
+            forwards = self.forwards(self.images("test-order", n=n_mask_eval), interp=shared)
             self.add(Node(accuracy_key, "mask-labels", f"{iname} on {target}: f2 accuracy on {len(idx)} test masks",
-                          self.settings, inputs=reads,
-                          params={"interp": interp, "f2": f2, "progress": f"f2 accuracy {iname}/{target}",
-                                  "images": self.images("test-order", n=n_mask_eval)}))
+                          self.settings, inputs=(forwards,), params={"forwards": forwards}))
         entry = {"target": target, "interpreter": iname, "plugin": ireg.name, "mask_classifier": creg.name,
                  "eval_labels": bkey, "accuracy_labels": accuracy_key, "n_accuracy": n_accuracy,
                  "accuracy_set": "eval" if n_mask_eval is None else "test-order", "n_mask_eval": n_mask_eval,
@@ -349,9 +405,11 @@ class _Builder:
                 params={"attack": aname, "source": source, "victim": victim, "start": start, "size": CHUNK,
                         "images": self.images("eval+fit"), "threat": threat, "num_classes": self.num_classes},
                 resources={"cpus": 1, "gpus": 0, "memory_mb": 2048})).key)
+        clean = self.forwards(self.images("eval+fit"), victim=victim)  # one pass for every attack on the source
         self.add(Node(base_key, "adversarial", f"{aname} on {source}", self.settings,
-                      inputs=tuple(chunks) + _stored(victim),
-                      params={"chunks": chunks, "victim": victim, "images": self.images("eval+fit")}))
+                      inputs=tuple(chunks) + _stored(victim) + (clean,),
+                      params={"chunks": chunks, "victim": victim, "images": self.images("eval+fit"),
+                              "forwards": {"clean": clean}}))
         entry = {"attack": aname, "plugin": areg.name, "norm": threat["norm"], "source": source, "key": base_key,
                  "knowledge": "oblivious", "threat_model": threat, "steps": _steps(aoptions)}
         if self.validation_key is not None:
@@ -377,9 +435,11 @@ class _Builder:
                         "images": self.images("validation"), "threat": config["threat"],
                         "num_classes": self.num_classes, "split": "validation"},
                 resources={"cpus": 1, "gpus": 0, "memory_mb": 2048})).key)
+        clean = self.forwards(self.images("validation"), victim=victim)
         self.add(Node(key, "adversarial", f"{aname} on {source}, validation", self.settings,
-                      inputs=tuple(chunks) + _stored(victim),
-                      params={"chunks": chunks, "victim": victim, "images": self.images("validation")}))
+                      inputs=tuple(chunks) + _stored(victim) + (clean,),
+                      params={"chunks": chunks, "victim": victim, "images": self.images("validation"),
+                              "forwards": {"clean": clean}}))
         return key
 
     # ------------------------------------------------------------------ detection
@@ -400,6 +460,8 @@ class _Builder:
         n_eval = self.subset["n_eval"]
         common = dict(plugin=_with_kind(dreg), options=_options(doptions),
                       resources={"cpus": 1, "gpus": 0, "memory_mb": 4096})
+        # a detector whose score is a function of f1's and f2's logits reads them from the shared forwards nodes
+        shared = {"victim": victim, "interp": interp} if dreg.cls.scores_from_forwards else None
         seen: dict[str, dict[str, Any]] = {}  # attack -> the detection entry of the model fitted on it
         for aname in suite.usable("attacks"):
             if _adaptive(suite, aname):
@@ -419,35 +481,32 @@ class _Builder:
             reads = env_inputs + (adv["key"],)
             if adversarial_fit:  # fitted per attack: its benign scores belong to this attack
                 key = make_key("scores-for", {}, [fit_key, adv["key"]])
-                self.add(Node(key, "scores", label, self.settings, inputs=reads,
-                              params={**params, "parts": ["benign", "adversarial"]}, **common))
+                self.add_scores(key, label, reads, {**params, "parts": ["benign", "adversarial"]}, common, shared)
                 benign_key = adversarial_key = key
             else:  # fitted on benign data alone: one benign scoring serves every attack
                 benign_key = make_key("scores-benign", {}, [fit_key])
-                self.add(Node(benign_key, "scores", f"{name}, benign", self.settings, inputs=env_inputs,
-                              params={**params, "parts": ["benign"]}, **common))
+                self.add_scores(benign_key, f"{name}, benign", env_inputs, {**params, "parts": ["benign"]}, common,
+                                shared)
                 adversarial_key = make_key("scores-adversarial", {}, [fit_key, adv["key"]])
-                self.add(Node(adversarial_key, "scores", label, self.settings, inputs=reads,
-                              params={**params, "parts": ["adversarial"]}, **common))
+                self.add_scores(adversarial_key, label, reads, {**params, "parts": ["adversarial"]}, common, shared)
             # held-out benign images, scored by the same fitted model: its thresholds at fixed FPRs come from here
             calibration_key = None
             if self.subset["n_calibration"]:
                 calibration_key = make_key("scores-calibration", {"subset": self.calibration_key}, [fit_key])
-                self.add(Node(calibration_key, "scores", f"{name}, calibration" + (f" ({aname})" if adversarial_fit
-                                                                                     else ""), self.settings,
-                              inputs=reads if adversarial_fit else env_inputs,
-                              params={**params, "parts": ["calibration"]}, **common))
+                self.add_scores(calibration_key, f"{name}, calibration" + (f" ({aname})" if adversarial_fit else ""),
+                                reads if adversarial_fit else env_inputs, {**params, "parts": ["calibration"]},
+                                common, shared)
             validation = self.validation_scores(name, aname, params, fit_key, adv, adversarial_fit,
-                                                reads if adversarial_fit else env_inputs, common)
+                                                reads if adversarial_fit else env_inputs, common, shared)
             transfer_key = None
             if source != target:  # does the input crafted on the source fool the target too? (its own labels)
                 transfer_key = make_key("transfer", {"subset": self.subset_key, "numerics": self.numerics},
                                         [victim.key, adv["key"]])
+                clean = self.forwards(self.images("eval"), victim=victim)
+                crafted = self.forwards(self.images("adversarial", key=adv["key"], start=0, stop=n_eval), victim=victim)
                 self.add(Node(transfer_key, "transfer", f"{aname} from {source} against {target}", self.settings,
-                              inputs=_stored(victim) + (adv["key"],),
-                              params={"victim": victim, "clean": self.images("eval"),
-                                      "adversarial": self.images("adversarial", key=adv["key"], start=0,
-                                                                 stop=n_eval)}))
+                              inputs=_stored(victim) + (adv["key"], clean, crafted),
+                              params={"victim": victim, "forwards": {"clean": clean, "adversarial": crafted}}))
                 if not any(t["key"] == transfer_key for t in point.transfers):
                     point.transfers.append({"attack": aname, "source": source, "target": target,
                                             "key": transfer_key})
@@ -455,11 +514,11 @@ class _Builder:
             if interp is not None:
                 labels_key = make_key("mask-labels", {"set": "adversarial", "numerics": self.numerics},
                                       [env_key, adv["key"]])
+                forwards = self.forwards(self.images("adversarial", key=adv["key"], start=0, stop=n_eval),
+                                         interp=interp)
                 self.add(Node(labels_key, "mask-labels", f"f2 labels {iname}/{target} on {aname} from {source}",
-                              self.settings, inputs=interp["reads"] + (adv["key"],),
-                              params={"interp": interp["interp"], "f2": interp["f2"],
-                                      "progress": f"f2 labels {aname}/{source}",
-                                      "images": self.images("adversarial", key=adv["key"], start=0, stop=n_eval)}))
+                              self.settings, inputs=(forwards,),
+                              params={"forwards": forwards}))
                 benign_labels = interp["eval_labels"]
             entry = {
                 "detector": dname, "interpreter": iname, "attack": aname, "source": source, "target": target,
@@ -475,14 +534,15 @@ class _Builder:
             if adversarial_fit:
                 seen[aname] = {**entry, "params": params, "reads": reads}
         if len(seen) > 1:
-            self.unseen(suite, point, name, seen, env_inputs, common)
+            self.unseen(suite, point, name, seen, env_inputs, common, shared)
         for aname in suite.usable("attacks"):
             if _adaptive(suite, aname):
                 self.adaptive(suite, point, aname, dname, iname, source, target, victim, interp, attacks,
-                              {"env": env, "env_key": env_key, "env_inputs": env_inputs, "common": common})
+                              {"env": env, "env_key": env_key, "env_inputs": env_inputs, "common": common,
+                               "shared": shared})
 
     def unseen(self, suite: Any, point: Point, name: str, seen: dict[str, dict[str, Any]],
-               env_inputs: tuple[str, ...], common: dict[str, Any]) -> None:
+               env_inputs: tuple[str, ...], common: dict[str, Any], shared: Optional[dict[str, Any]]) -> None:
         """The "unseen" protocol of a detector that learns from adversarial examples: the model fitted on one
         attack (``evaluation.unseen_fit``) scores every other attack's inputs, so each row says how it does on
         an attack it never saw, and the worst case over attacks reads this one model's scores throughout."""
@@ -499,16 +559,16 @@ class _Builder:
             key = make_key("scores-adversarial", {}, [fitted["params"]["fit_key"], other["attack_key"]])
             images = {**fitted["params"]["images"],
                       "adversarial": self.images("adversarial", key=other["attack_key"], start=0, stop=n_eval)}
-            self.add(Node(key, "scores", f"{name}, {aname} from {other['source']} (fitted on {fit_attack})",
-                          self.settings, inputs=fitted["reads"] + (other["attack_key"],),
-                          params={**fitted["params"], "images": images, "parts": ["adversarial"]}, **common))
+            self.add_scores(key, f"{name}, {aname} from {other['source']} (fitted on {fit_attack})",
+                            fitted["reads"] + (other["attack_key"],),
+                            {**fitted["params"], "images": images, "parts": ["adversarial"]}, common, shared)
             point.detections.append({**{k: v for k, v in other.items() if k not in ("params", "reads")},
                                      "fit_attack": fit_attack, "protocol": "unseen", "benign": fitted["benign"],
                                      "adversarial": key, "calibration": fitted["calibration"], "validation": None})
 
     def validation_scores(self, name: str, aname: str, params: dict[str, Any], fit_key: str, adv: dict[str, Any],
-                          per_attack: bool, fitted_from: tuple[str, ...],
-                          common: dict[str, Any]) -> Optional[dict[str, str]]:
+                          per_attack: bool, fitted_from: tuple[str, ...], common: dict[str, Any],
+                          shared: Optional[dict[str, Any]] = None) -> Optional[dict[str, str]]:
         """The fitted detector's scores on the validation images and on their attacked versions: what a sweep
         chooses its point on, so the evaluation images are read only to report the chosen point."""
         from advbench.cache import make_key
@@ -519,12 +579,11 @@ class _Builder:
                   "validation_adversarial": self.images("adversarial", key=adv["validation_key"], start=0,
                                                         stop=self.subset["n_validation"], of="validation")}
         benign = make_key("scores-validation", {"subset": self.validation_key}, [fit_key])
-        self.add(Node(benign, "scores", f"{name}, benign validation images" + (f" ({aname})" if per_attack else ""), self.settings, inputs=fitted_from,
-                      params={**params, "images": images, "parts": ["validation"]}, **common))
+        self.add_scores(benign, f"{name}, benign validation images" + (f" ({aname})" if per_attack else ""),
+                        fitted_from, {**params, "images": images, "parts": ["validation"]}, common, shared)
         adversarial = make_key("scores-validation-adversarial", {}, [fit_key, adv["validation_key"]])
-        self.add(Node(adversarial, "scores", f"{name}, {aname} on validation", self.settings,
-                      inputs=fitted_from + (adv["validation_key"],),
-                      params={**params, "images": images, "parts": ["validation_adversarial"]}, **common))
+        self.add_scores(adversarial, f"{name}, {aname} on validation", fitted_from + (adv["validation_key"],),
+                        {**params, "images": images, "parts": ["validation_adversarial"]}, common, shared)
         return {"benign": benign, "adversarial": adversarial, "attack_key": adv["validation_key"]}
 
     # ------------------------------------------------------------------ adaptive attacks
@@ -602,18 +661,25 @@ class _Builder:
                         "images": self.images("eval"), "threat": threat, "num_classes": self.num_classes,
                         "defence": detector},
                 resources={"cpus": 1, "gpus": 0, "memory_mb": 4096})).key)
-        self.add(Node(base_key, "adversarial", label, self.settings, inputs=tuple(chunks) + _stored(victim),
-                      params={"chunks": chunks, "victim": victim, "images": self.images("eval")}))
         adv_set = self.images("adversarial", key=base_key, start=0, stop=n_eval)
+        # the set covers the evaluation images only, as the detectors read them: the victim's labels before and
+        # after are the argmax of its shared logits (those on the attacked images read from the chunks, since
+        # the merged set is what this node makes)
+        clean = self.forwards(self.images("eval"), victim=victim)
+        crafted = self.forwards(adv_set, victim=victim, chunks=tuple(chunks))
+        self.add(Node(base_key, "adversarial", label, self.settings,
+                      inputs=tuple(chunks) + _stored(victim) + (clean, crafted),
+                      params={"chunks": chunks, "victim": victim, "images": self.images("eval"),
+                              "forwards": {"clean": clean, "adversarial": crafted}}))
         params = {"detector": dname, "interpreter": iname, "target": target, "env": defence["env"], "fit_key": fit_key,
                   "fit_images": self.images("fit"), "eval_fit_images": self.images("eval+fit"),
                   "fit_adversarial": fit_adv["key"] if fit_adv else None,
                   "images": {"benign": self.images("eval"), "calibration": self.images("calibration"),
                              "adversarial": adv_set}}
         scores_key = make_key("scores-adversarial", {}, [fit_key, base_key])
-        self.add(Node(scores_key, "scores", f"{dname}{'/' + iname if iname else ''} on {target}, {aname} (adaptive)",
-                      self.settings, inputs=reads + (base_key,), params={**params, "parts": ["adversarial"]},
-                      **defence["common"]))
+        shared = defence["shared"]
+        self.add_scores(scores_key, f"{dname}{'/' + iname if iname else ''} on {target}, {aname} (adaptive)",
+                        reads + (base_key,), {**params, "parts": ["adversarial"]}, defence["common"], shared)
         # benign and calibration scores of the same fitted model: the oblivious rows' nodes (same keys), added
         # here too so a suite whose only attacks are adaptive still computes them
         if fit_adv:
@@ -624,19 +690,16 @@ class _Builder:
             benign_parts, benign_reads = ["benign"], defence["env_inputs"]
         fit_params = {**params, "images": {**params["images"], "adversarial": self.images(
             "adversarial", key=fit_adv["key"], start=0, stop=n_eval) if fit_adv else adv_set}}
-        self.add(Node(benign_key, "scores", f"{dname}{'/' + iname if iname else ''} on {target}, benign",
-                      self.settings, inputs=benign_reads, params={**fit_params, "parts": benign_parts},
-                      **defence["common"]))
-        self.add(Node(calibration_key, "scores", f"{dname}{'/' + iname if iname else ''} on {target}, calibration",
-                      self.settings, inputs=benign_reads, params={**fit_params, "parts": ["calibration"]},
-                      **defence["common"]))
+        self.add_scores(benign_key, f"{dname}{'/' + iname if iname else ''} on {target}, benign", benign_reads,
+                        {**fit_params, "parts": benign_parts}, defence["common"], shared)
+        self.add_scores(calibration_key, f"{dname}{'/' + iname if iname else ''} on {target}, calibration",
+                        benign_reads, {**fit_params, "parts": ["calibration"]}, defence["common"], shared)
         labels_key = benign_labels = None
         if interp is not None:
             labels_key = make_key("mask-labels", {"set": "adversarial", "numerics": self.numerics}, [env_key, base_key])
+            forwards = self.forwards(adv_set, interp=interp)
             self.add(Node(labels_key, "mask-labels", f"f2 labels {iname}/{target} on {aname} against {dname}",
-                          self.settings, inputs=interp["reads"] + (base_key,),
-                          params={"interp": interp["interp"], "f2": interp["f2"],
-                                  "progress": f"f2 labels {aname} (adaptive)", "images": adv_set}))
+                          self.settings, inputs=(forwards,), params={"forwards": forwards}))
             benign_labels = interp["eval_labels"]
         point.attacks.append({"attack": aname, "plugin": areg.name, "norm": threat["norm"], "source": target,
                               "key": base_key, "knowledge": "adaptive", "detector": dname, "interpreter": iname,

@@ -28,10 +28,10 @@ from typing import Any, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-SCHEMA_VERSION = "1.4"  # 1.1: attack rows record their threat model; security, sanity_checks, comparisons
+SCHEMA_VERSION = "1.5"  # 1.1: attack rows record their threat model; security, sanity_checks, comparisons
 # 1.2: seeds, rows' seed, seed_summary; evaluation's split (n_validation, split_seed, indices); validation,
 # sweep_choice; 1.3: unseen, rows' protocol and fit_attack, interpreters' accuracy_match, controls; 1.4: host's
-# batch_size (the one the run used, batch_size: auto resolved) and batch_size_requested
+# batch_size (the one the run used, batch_size: auto resolved) and batch_size_requested; 1.5: stage records' forwards
 PRE_SCHEMA_VERSION = "0"  # what a results.json written before schema_version existed loads as
 
 __all__ = ["SCHEMA_VERSION", "Results", "VictimRow", "InterpreterRow", "AttackRow", "DetectionRow", "WorstCaseRow",
@@ -73,6 +73,9 @@ class StageRecord(Row):
     label: str
     seconds: float
     cached: bool
+    # images each model forwarded per image set in this stage, keyed "<model node key>|<image set>" (the set as
+    # "<name>[<n images>]@<digest>"): f1, g and f2 passes the harness makes; empty for a cached stage
+    forwards: dict[str, int] = Field(default_factory=dict)
 
 
 class Dataset(Row):

@@ -60,7 +60,7 @@ class Driver:
             elif self.cache.verify(key):
                 self.done.add(key)
                 self.records.append({"stage": _record_stage(node), "label": node.label, "seconds": 0.0,
-                                     "cached": True, "key": key})
+                                     "cached": True, "key": key, "forwards": {}})
         stored = sum(node.stored for node in self.plan.nodes.values())
         log.info("plan: %d nodes to store, %d already in the cache", stored,
                  sum(1 for r in self.records if r["cached"]))
@@ -107,7 +107,8 @@ class Driver:
                          " (cached)" if outcome["cached"] else "")
                 pending.pop(node.key, None)
                 self.done.add(node.key)
-                self.records.append({k: outcome[k] for k in ("stage", "label", "seconds", "cached", "key")})
+                self.records.append({**{k: outcome[k] for k in ("stage", "label", "seconds", "cached", "key")},
+                                     "forwards": outcome.get("forwards", {})})
                 self.on_event({"type": "node", "stage": outcome["stage"]})
                 for needs in pending.values():
                     needs.discard(node.key)

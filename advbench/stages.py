@@ -55,6 +55,48 @@ def seeded(seed: int, device: torch.device):
         yield
 
 
+class Forwards:
+    """How many images each model forwarded, per image set, in one node: the stage record's ``forwards``, keyed
+    ``"<model>|<image set>"`` (the model by its node key: a victim's or f2's, or g's by its training masks' key;
+    the set as ``image_set_id`` names it). Counted are the passes the harness makes over an image set (f1, g and
+    f2 on it, a detector's scoring and fitting); not the victim passes inside g (a gradient map's own) nor an
+    attack's iterations."""
+
+    def __init__(self) -> None:
+        self.counts: dict[str, int] = {}
+        self._quiet = 0
+
+    def add(self, model: str, images: str, n: int) -> None:
+        if self._quiet == 0 and n:
+            key = f"{model}|{images}"
+            self.counts[key] = self.counts.get(key, 0) + int(n)
+
+    @contextlib.contextmanager
+    def quiet(self):
+        """Passes made inside another model's (g's own victim passes) are not counted again."""
+        self._quiet += 1
+        try:
+            yield
+        finally:
+            self._quiet -= 1
+
+    @contextlib.contextmanager
+    def hooked(self, models: dict[str, Optional[nn.Module]], images: str):
+        """Count every call of these modules (by node key) while a plugin's code runs them on ``images``."""
+        handles = [module.register_forward_hook(
+            lambda _m, args, _out, name=name: self.add(name, images, _batch_len(args)))
+            for name, module in models.items() if isinstance(module, nn.Module)]
+        try:
+            yield
+        finally:
+            for handle in handles:
+                handle.remove()
+
+
+def _batch_len(args: tuple) -> int:
+    return len(args[0]) if args and isinstance(args[0], torch.Tensor) and args[0].dim() else 0
+
+
 class Worker:
     """What one node's stage function sees: the cache, the device and a RunContext whose progress is events."""
 
@@ -65,6 +107,7 @@ class Worker:
         self.device = resolve_device(self.settings.device, "device")
         self.emit = emit
         self._tasks = 0
+        self.forwards = Forwards()
 
     def track(self, iterable: Iterable, description: str, total: Optional[int] = None) -> Iterable:
         if self.emit is None:
@@ -112,7 +155,11 @@ class Worker:
             out.append(fn(x[start:start + ctx.batch_size].to(self.device)).detach().cpu())
         return torch.cat(out) if out else torch.empty(0)
 
-    def predict(self, model: nn.Module, x: torch.Tensor, label: str = "") -> torch.Tensor:
+    def predict(self, model: nn.Module, x: torch.Tensor, label: str = "",
+                count: Optional[tuple[str, str]] = None) -> torch.Tensor:
+        """The model's labels for ``x``; ``count``: (model key, image set id) to count the pass under."""
+        if count is not None:
+            self.forwards.add(count[0], count[1], len(x))
         with torch.no_grad():
             return self.batched(lambda b: model(b).argmax(1), x, label)
 
@@ -257,6 +304,25 @@ def images(worker: Worker, spec: dict[str, Any]) -> tuple[torch.Tensor, torch.Te
     return data.test_x[idx], data.test_y[idx]
 
 
+def image_set_id(spec: dict[str, Any]) -> str:
+    """A short name of an image set a node reads, ``<set>[<n images>]@<digest>``: two nodes reading the same images
+    name them alike (the forward counts of stage records are keyed by it)."""
+    import hashlib
+    import json
+
+    which, subset = spec["set"], spec.get("subset") or {}
+    if which == "adversarial":
+        n, what = spec["stop"] - spec["start"], [spec["key"], spec["start"], spec["stop"]]
+    else:
+        n = {"test": subset.get("n_test"), "test-order": spec.get("n"), "calibration": subset.get("n_calibration"),
+             "validation": subset.get("n_validation"), "eval": subset.get("n_eval"), "fit": subset.get("n_fit"),
+             "eval+fit": (subset.get("n_eval") or 0) + (subset.get("n_fit") or 0)}.get(which, spec.get("n"))
+        what = [spec["data"].key if isinstance(spec.get("data"), Node) else None, subset, spec.get("n"),
+                spec.get("limit")]
+    digest = hashlib.sha256(json.dumps([which, what], sort_keys=True, default=str).encode()).hexdigest()[:12]
+    return f"{which}[{n}]@{digest}"
+
+
 def build_classifier(node: Node, worker: Worker) -> tuple[Any, nn.Module]:
     p = node.params
     classifier = _instance(node.plugin, node.options)
@@ -306,6 +372,15 @@ class Interpretation:
         self.ctx = RunContext(self.ctx.device, self.ctx.batch_size, self.ctx.seed, worker.track)
         return self
 
+    def counted(self, worker: Worker, images: str) -> Callable[[torch.Tensor], torch.Tensor]:
+        """``explain`` that counts g's passes over ``images`` in the worker's record (not the victim passes
+        g makes inside)."""
+        def explain(x: torch.Tensor) -> torch.Tensor:
+            worker.forwards.add(self.spec["masks_key"], images, len(x))
+            with worker.forwards.quiet():
+                return self.explain(x)
+        return explain
+
     def explain(self, x: torch.Tensor, differentiable: bool = False) -> torch.Tensor:
         """Masks for a batch; ``differentiable``: for an adaptive attack, the masks keep their graph back to x."""
         ctx = self.ctx
@@ -319,15 +394,6 @@ class Interpretation:
 def load_interpretation(spec: dict[str, Any], worker: Worker) -> Interpretation:
     return MODELS.get(f"interpretation:{spec['key']}:{spec['masks_key']}@{worker.device}",
                       lambda: Interpretation(spec, worker)).with_progress(worker)
-
-
-class _Explain(nn.Module):
-    def __init__(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> None:
-        super().__init__()
-        self.fn = fn
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fn(x)
 
 
 def detector_env(worker: Worker, env: dict[str, Any], differentiable: bool = False) -> DetectorEnv:
@@ -392,13 +458,16 @@ class MatchedAccuracy(ProgressStore):
     def __init__(self, spec: dict[str, Any], model: nn.Module, worker: Worker, inner: Optional[ProgressStore]) -> None:
         self.model, self.worker, self.inner = model, worker, inner
         x, self.y = images(worker, spec["images"])
+        which = image_set_id(spec["images"])
         other = load_interpretation(spec["interp"], worker)
         other_f2 = load_classifier(spec["f2"], worker)
+        worker.forwards.add(spec["f2"].key, which, len(x))
+        other_explain = other.counted(worker, which)
         with torch.no_grad():
-            self.target = float((worker.batched(lambda b: other_f2(other.explain(b)).argmax(1), x) == self.y)
+            self.target = float((worker.batched(lambda b: other_f2(other_explain(b)).argmax(1), x) == self.y)
                                 .float().mean())
         own = load_interpretation(spec["own"], worker)
-        self.masks = worker.batched(lambda b: own.explain(b), x)
+        self.masks = worker.batched(own.counted(worker, which), x)
         self.name, self.epochs, self.stopped = spec["name"], 0, False
         self.previous: Optional[tuple[int, float, dict[str, torch.Tensor]]] = None  # the last epoch below target
 
@@ -436,7 +505,9 @@ class MatchedAccuracy(ProgressStore):
 def stage_accuracy(node: Node, worker: Worker) -> dict[str, Any]:
     data = load_dataset(node.params["data"])
     model = load_classifier(node.params["victim"], worker)
-    predicted = worker.predict(model, data.test_x, f"accuracy {node.params['name']}")
+    predicted = worker.predict(model, data.test_x, f"accuracy {node.params['name']}",
+                               count=(node.params["victim"].key, image_set_id({"set": "test", "data": node.params["data"],
+                                                                              "subset": {"n_test": len(data.test_x)}})))
     return {"accuracy": float((predicted == data.test_y).float().mean())}
 
 
@@ -457,23 +528,58 @@ def stage_masks(node: Node, worker: Worker) -> dict[str, Any]:
     spec = node.params["interp"]
     interp = load_interpretation(spec, worker)
     train_x, _ = train_split(load_dataset(spec["data"]), spec["limit"], node.settings.seed)
-    return {"masks": worker.batched(interp.explain, train_x, f"masks {spec['name']}/{spec['target']} (train)").half()}
+    train = image_set_id({"set": "train", "data": spec["data"], "n": len(train_x), "limit": spec["limit"]})
+    return {"masks": worker.batched(interp.counted(worker, train), train_x,
+                                    f"masks {spec['name']}/{spec['target']} (train)").half()}
+
+
+def stage_forwards(node: Node, worker: Worker) -> dict[str, Any]:
+    """One model's logits on one image set, computed once for every reader (f2's labels, f2's accuracy, the
+    detectors that score from logits, the transfer labels): the victim's (f1), or, for an interpreter, f2's on
+    g's masks, with the masks' channel count. Batched as the detectors' scoring batches, with g called as a
+    detector's ``score`` calls it (grad mode on) and f1 and f2 under no_grad, so every reader gets the numbers it
+    computed before, bit for bit."""
+    p = node.params
+    if p.get("chunks"):  # an attack's images before its merge node (which reads these logits) joins them
+        x = torch.cat([worker.load(key, *FIELDS["adversarial-chunk"])["x"] for key in p["chunks"]])
+        x = x[p["images"]["start"]:p["images"]["stop"]]
+    else:
+        x, _ = images(worker, p["images"])
+    which = image_set_id(p["images"])
+    if p.get("interp") is None:
+        model = load_classifier(p["victim"], worker)
+        worker.forwards.add(p["victim"].key, which, len(x))
+
+        def f1(batch: torch.Tensor) -> torch.Tensor:
+            with torch.no_grad():
+                return model(batch)
+        logits = worker.batched(f1, x, p["progress"])
+        return {"logits": logits if len(x) else torch.empty(0, p["num_classes"])}
+    interp = load_interpretation(p["interp"], worker)
+    f2 = load_classifier(p["f2"], worker)
+    explain = interp.counted(worker, which)
+    worker.forwards.add(p["f2"].key, which, len(x))
+    channels: list[int] = []
+
+    def f2_of_g(batch: torch.Tensor) -> torch.Tensor:
+        masks = explain(batch)  # the interpreter may need input gradients: no no_grad around it
+        channels.append(int(masks.shape[1]))
+        with torch.no_grad():
+            return f2(masks.detach())
+    logits = worker.batched(f2_of_g, x, p["progress"])
+    return {"logits": logits if len(x) else torch.empty(0, p["num_classes"]),
+            "mask_channels": channels[0] if channels else None}
+
+
+def _labels(logits: torch.Tensor) -> torch.Tensor:
+    """argmax of stored logits: the labels ``Worker.predict`` gave when it ran the model itself."""
+    return logits.argmax(1) if len(logits) else torch.empty(0)
 
 
 def stage_mask_labels(node: Node, worker: Worker) -> dict[str, Any]:
-    """f2's reading of the interpreter's masks of an image set."""
-    interp = load_interpretation(node.params["interp"], worker)
-    f2 = load_classifier(node.params["f2"], worker)
-    x, _ = images(worker, node.params["images"])
-    channels: list[int] = []
-
-    def explain(batch: torch.Tensor) -> torch.Tensor:
-        masks = interp.explain(batch)
-        channels.append(int(masks.shape[1]))
-        return masks
-
-    labels = worker.predict(nn.Sequential(_Explain(explain), f2), x, node.params["progress"])
-    return {"labels": labels, "mask_channels": channels[0] if channels else None}
+    """f2's reading of the interpreter's masks of an image set: the argmax of the set's shared f2 logits."""
+    forwards = worker.load(node.params["forwards"], "logits", "mask_channels")
+    return {"labels": _labels(forwards["logits"]), "mask_channels": forwards["mask_channels"]}
 
 
 def stage_attack_chunk(node: Node, worker: Worker) -> dict[str, Any]:
@@ -541,7 +647,20 @@ def stage_attack_merge(node: Node, worker: Worker) -> dict[str, Any]:
 
     x_adv = joined(lambda c: c["x"], torch.empty_like(x))
     model = load_classifier(p["victim"], worker)
-    out = {"x_adv": x_adv, "pred_clean": worker.predict(model, x), "pred_adv": worker.predict(model, x_adv),
+    # the victim's labels: the argmax of its shared logits where the plan made them (the clean images, which
+    # every attack on the victim reads; an adaptive set's attacked images, read from its chunks), else computed
+    shared = p.get("forwards") or {}
+    victim = p["victim"].key
+    if "clean" in shared:
+        pred_clean = _labels(worker.load(shared["clean"], "logits")["logits"])
+    else:
+        pred_clean = worker.predict(model, x, count=(victim, image_set_id(p["images"])))
+    if "adversarial" in shared:
+        pred_adv = _labels(worker.load(shared["adversarial"], "logits")["logits"])
+    else:
+        adversarial = image_set_id({"set": "adversarial", "key": node.key, "start": 0, "stop": len(x_adv)})
+        pred_adv = worker.predict(model, x_adv, count=(victim, adversarial))
+    out = {"x_adv": x_adv, "pred_clean": pred_clean, "pred_adv": pred_adv,
            "success_unquantized": joined(lambda c: c["success_unquantized"], torch.zeros(0, dtype=torch.bool)),
            "norms": {n: joined(lambda c, n=n: c["norms"][n], torch.zeros(0)) for n in NORMS}}
     if chunks and "target" in chunks[0]:
@@ -550,11 +669,11 @@ def stage_attack_merge(node: Node, worker: Worker) -> dict[str, Any]:
 
 
 def stage_transfer(node: Node, worker: Worker) -> dict[str, Any]:
-    """The target victim's labels on the clean evaluation images and on the adversarial ones from another victim."""
-    model = load_classifier(node.params["victim"], worker)
-    clean, _ = images(worker, node.params["clean"])
-    adversarial, _ = images(worker, node.params["adversarial"])
-    return {"pred_clean": worker.predict(model, clean), "pred_adv": worker.predict(model, adversarial)}
+    """The target victim's labels on the clean evaluation images and on the adversarial ones from another victim:
+    the argmax of its shared logits on both sets."""
+    clean = worker.load(node.params["forwards"]["clean"], "logits")["logits"]
+    adversarial = worker.load(node.params["forwards"]["adversarial"], "logits")["logits"]
+    return {"pred_clean": _labels(clean), "pred_adv": _labels(adversarial)}
 
 
 def fitted_detector(plugin: dict[str, str], options: dict[str, Any], p: dict[str, Any], worker: Worker,
@@ -572,8 +691,9 @@ def fitted_detector(plugin: dict[str, str], options: dict[str, Any], p: dict[str
         else:
             fit_adv = fit_x[:0]
         ctx = worker.ctx("detector", p["detector"], p["interpreter"], p["target"])
-        with seeded(ctx.derive_seed("fit"), worker.device):
-            detector.fit(env, fit_x, fit_adv, ctx)
+        fitting = f"detector-fit[{len(fit_x) + len(fit_adv)}]@{p['fit_key'][:12]}"  # its own benign + adversarial
+        with seeded(ctx.derive_seed("fit"), worker.device), _counting(worker, p["env"], env, fitting) as fit_env:
+            detector.fit(fit_env, fit_x, fit_adv, ctx)
         return detector
     return DETECTORS.get(f"{p['fit_key']}@{worker.device}", fit)
 
@@ -586,20 +706,54 @@ def attack_success(adv: dict[str, torch.Tensor], y: torch.Tensor) -> torch.Tenso
     return (adv["pred_clean"] == y) & hit
 
 
+@contextlib.contextmanager
+def _counting(worker: Worker, spec: dict[str, Any], env: DetectorEnv, which: str):
+    """``env`` with its models' passes over ``which`` counted in the worker's record (g's inner victim passes not)."""
+    models = {spec["victim"].key: env.victim}
+    counted = env
+    if env.explain is not None and spec.get("interp") is not None:
+        models[spec["f2"].key] = env.mask_classifier
+        explain = env.explain
+
+        def counted_explain(x: torch.Tensor) -> torch.Tensor:
+            worker.forwards.add(spec["interp"]["masks_key"], which, len(x))
+            with worker.forwards.quiet():
+                return explain(x)
+        counted = dataclasses.replace(env, explain=counted_explain)
+    with worker.forwards.hooked(models, which):
+        yield counted
+
+
 def stage_scores(node: Node, worker: Worker) -> dict[str, Any]:
+    """A fitted detector's scores on image sets; a detector that scores from logits (``scores_from_forwards``)
+    reads each set's shared f1 and f2 logits (``forwards`` nodes) instead of running the models again."""
     p = node.params
     env = detector_env(worker, p["env"])
     detector = fitted_detector(node.plugin, node.options, p, worker, env)
     ctx = worker.ctx("detector", p["detector"], p["interpreter"], p["target"])
     out = {}
     for part in p["parts"]:
-        x, _ = images(worker, p["images"][part])
+        shared = (p.get("forwards") or {}).get(part)
+        if shared is not None:
+            f1 = worker.load(shared["f1"], "logits")["logits"]
+            f2 = worker.load(shared["f2"], "logits")["logits"] if shared.get("f2") else None
+            x, which = f1, None
+        else:
+            x, _ = images(worker, p["images"][part])
+            which = image_set_id(p["images"][part])
         scores, flags = [], []
         steps = range(0, len(x), ctx.batch_size)
         for start in ctx.track(steps, f"score {part} ({node.label})", len(steps)):
-            batch = x[start:start + ctx.batch_size].to(worker.device)
-            with seeded(ctx.derive_seed("score", start), worker.device):
-                result = check_scores(node.plugin, detector.score(env, batch, ctx), len(batch))
+            if which is None:
+                b1 = f1[start:start + ctx.batch_size].to(worker.device)
+                b2 = f2[start:start + ctx.batch_size].to(worker.device) if f2 is not None else None
+                with seeded(ctx.derive_seed("score", start), worker.device):
+                    result = check_scores(node.plugin, detector.score_forwards(b1, b2), len(b1))
+            else:
+                batch = x[start:start + ctx.batch_size].to(worker.device)
+                with seeded(ctx.derive_seed("score", start), worker.device), \
+                        _counting(worker, p["env"], env, which) as scoring:
+                    result = check_scores(node.plugin, detector.score(scoring, batch, ctx), len(batch))
             scores.append(result.score.detach().float().cpu())
             if result.flag is not None:
                 flags.append(result.flag.detach().bool().cpu())
@@ -620,18 +774,21 @@ def stage_gallery(node: Node, worker: Worker) -> dict[str, Any]:
         per_class_idx = [int((eval_y == c).nonzero()[0]) for c in range(len(p["classes"])) if (eval_y == c).any()]
         idx = torch.tensor(per_class_idx, dtype=torch.long)
 
-        def describe(x: torch.Tensor) -> dict[str, torch.Tensor]:
+        def describe(x: torch.Tensor, which: str) -> dict[str, torch.Tensor]:
             xd = x.to(worker.device)
-            masks = interp.explain(xd)
+            which = f"gallery-{which}[{len(x)}]@{node.key[:12]}"
+            masks = interp.counted(worker, which)(xd)
+            for model in (p["interp"]["victim"].key, p["f2"].key):
+                worker.forwards.add(model, which, len(x))
             # clone: torch.save stores a view's whole storage (the full evaluation set)
             return {"x": x.cpu().clone(), "mask": masks.cpu().float().clone(),
                     "f1": victim(xd).argmax(1).cpu(), "f2": f2(masks).argmax(1).cpu()}
 
-        per_class = {**describe(eval_x[idx]), "y": eval_y[idx]}
-        examples = {**describe(eval_x[:n_examples]), "y": eval_y[:n_examples].clone(), "adversarial": {}}
+        per_class = {**describe(eval_x[idx], "per-class"), "y": eval_y[idx]}
+        examples = {**describe(eval_x[:n_examples], "examples"), "y": eval_y[:n_examples].clone(), "adversarial": {}}
         for aname, key in p["adversarial"].items():
             adv = worker.load(key, "x_adv", "pred_clean", "pred_adv")
-            entry = describe(adv["x_adv"][:n_examples])
+            entry = describe(adv["x_adv"][:n_examples], aname)
             entry["success"] = attack_success(adv, images(worker, p["eval_fit_images"])[1])[:n_examples].clone()
             examples["adversarial"][aname] = entry
     return {"victim": p["interp"]["target"], "interpreter": p["interp"]["name"], "classes": list(p["classes"]),
@@ -640,7 +797,7 @@ def stage_gallery(node: Node, worker: Worker) -> dict[str, Any]:
 
 # what each stage's artifact holds: an entry without it (written by other code) is discarded and recomputed
 FIELDS = {"victim": ("state_dict",), "mask-classifier": ("state_dict",), "interpreter": ("state_dict",),
-          "accuracy": ("accuracy",), "masks": ("masks",), "mask-labels": ("labels",),
+          "accuracy": ("accuracy",), "masks": ("masks",), "mask-labels": ("labels",), "forwards": ("logits",),
           "adversarial-chunk": ("x", "success_unquantized", "norms"),
           "adversarial": ("x_adv", "pred_clean", "pred_adv", "success_unquantized", "norms"),
           "gallery": ("per_class", "examples"), "transfer": ("pred_clean", "pred_adv")}
@@ -661,6 +818,7 @@ STAGES: dict[str, Callable[[Node, Worker], Any]] = {
     "interpreter": stage_interpreter,
     "masks": stage_masks,
     "mask-labels": stage_mask_labels,
+    "forwards": stage_forwards,
     "adversarial-chunk": stage_attack_chunk,
     "adversarial": stage_attack_merge,
     "scores": stage_scores,
@@ -699,4 +857,4 @@ def run_node(node: Node, emit: Optional[Callable[[dict], None]] = None) -> dict[
     seconds = time.perf_counter() - start
     log.debug("%s %s: %.1fs%s", record_stage(node), node.label, seconds, " (cached)" if cached else "")
     return {"stage": record_stage(node), "label": node.label, "seconds": round(seconds, 3), "cached": cached,
-            "key": node.key, "pid": os.getpid(), "started": started}
+            "key": node.key, "pid": os.getpid(), "started": started, "forwards": dict(worker.forwards.counts)}

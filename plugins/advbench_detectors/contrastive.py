@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 
 from advbench.api import Detector, DetectorEnv, DetectorOutput, Options, RunContext
@@ -20,6 +22,8 @@ class Contrastive(Detector):
     Score: ``1 - softmax(f2(g(x)))[argmax f1(x)]``, the mask classifier's probability that the mask does NOT
     show the class f1 predicts (in [0, 1]); it ranks inputs for ROC/AUROC and agrees with the flag at the
     extremes, but the flag is not a fixed threshold on it (argmax disagreement can happen at scores < 0.5).
+    ``score_forwards`` computes the same from the logits the harness shares with its other readers (f2's
+    labels, the accuracy rows), so a run computes g, f1 and f2 once per image set.
     Fitted on nothing here: g and f2 are trained by the harness on the victim's training data.
 
     Adaptive attacks (``adaptive_gradient = "exact"``): ``attack_score`` is the same score with the graph kept
@@ -36,6 +40,7 @@ class Contrastive(Detector):
     needs_interpreter = True
     needs_adversarial_fit = False
     adaptive_gradient = "exact"
+    scores_from_forwards = True  # a pure function of f1's and f2's logits: the harness computes them once per set
 
     @staticmethod
     def _require_interpreter(env: DetectorEnv) -> None:
@@ -46,13 +51,21 @@ class Contrastive(Detector):
     def score(self, env: DetectorEnv, x: torch.Tensor, ctx: RunContext) -> DetectorOutput:
         self._require_interpreter(env)
         with torch.no_grad():
-            y1 = env.victim(x).argmax(dim=1)
+            logits1 = env.victim(x)
         masks = env.explain(x)  # the interpreter may need input gradients: no no_grad around it
         with torch.no_grad():
             logits2 = env.mask_classifier(masks.detach())
-            p2 = torch.softmax(logits2.float(), dim=1)
+        return self.score_forwards(logits1, logits2)
+
+    def score_forwards(self, f1_logits: torch.Tensor, f2_logits: Optional[torch.Tensor]) -> DetectorOutput:
+        """The score and flag from f1's logits and f2's logits on g(x): ``score`` is this on logits it computes."""
+        if f2_logits is None:
+            raise ValueError("the contrastive detector needs the mask classifier's logits")
+        with torch.no_grad():
+            y1 = f1_logits.argmax(dim=1)
+            p2 = torch.softmax(f2_logits.float(), dim=1)
             agree = p2.gather(1, y1.view(-1, 1)).squeeze(1)
-            flag = logits2.argmax(dim=1) != y1
+            flag = f2_logits.argmax(dim=1) != y1
         return DetectorOutput(score=(1.0 - agree).clamp(0.0, 1.0), flag=flag)
 
     def attack_score(self, env: DetectorEnv, x: torch.Tensor, ctx: RunContext) -> torch.Tensor:

@@ -37,6 +37,7 @@ class LabelOnly(Detector):
     Options = LabelOnlyOptions
     needs_adversarial_fit = True
     adaptive_gradient = "bpda"
+    scores_from_forwards = True  # the fitted regression reads f1's label alone
     attack_revision = "2"  # 2: the logistic regression passes the logit's gradient (the sigmoid's vanished)
 
     def __init__(self, options: Optional[Options] = None, **kwargs) -> None:
@@ -52,10 +53,15 @@ class LabelOnly(Detector):
         self._model = fit_logistic(fb, fa, c=self.options.c)
 
     def score(self, env: DetectorEnv, x: torch.Tensor, ctx: RunContext) -> DetectorOutput:
+        with torch.no_grad():
+            logits = env.victim(x)
+        return self.score_forwards(logits, None)
+
+    def score_forwards(self, f1_logits: torch.Tensor, f2_logits: Optional[torch.Tensor]) -> DetectorOutput:
         require_fitted(self, "_model")
         with torch.no_grad():
-            features = self._features(env, x)
-        prob = predict_adversarial(self._model, features, x.device)
+            features = one_hot(f1_logits.argmax(dim=1), f1_logits.shape[1])
+        prob = predict_adversarial(self._model, features, f1_logits.device)
         return DetectorOutput(score=prob, flag=prob > 0.5)
 
     def attack_score(self, env: DetectorEnv, x: torch.Tensor, ctx: RunContext) -> torch.Tensor:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 
 from advbench.api import Detector, DetectorEnv, DetectorOutput, Options, RunContext
@@ -29,10 +31,20 @@ class MaxSoftmax(Detector):
     Options = MaxSoftmaxOptions
     adaptive_gradient = "exact"
 
+    scores_from_forwards = True  # a function of f1's logits alone
+
     def score(self, env: DetectorEnv, x: torch.Tensor, ctx: RunContext) -> DetectorOutput:
         with torch.no_grad():
             return DetectorOutput(score=self.attack_score(env, x, ctx))
 
+    def score_forwards(self, f1_logits: torch.Tensor, f2_logits: Optional[torch.Tensor]) -> DetectorOutput:
+        with torch.no_grad():
+            return DetectorOutput(score=_lack_of_confidence(f1_logits))
+
     def attack_score(self, env: DetectorEnv, x: torch.Tensor, ctx: RunContext) -> torch.Tensor:
-        confidence = torch.softmax(env.victim(x).float(), dim=1).amax(dim=1)
-        return (1.0 - confidence).clamp(0.0, 1.0)
+        return _lack_of_confidence(env.victim(x))
+
+
+def _lack_of_confidence(logits: torch.Tensor) -> torch.Tensor:
+    confidence = torch.softmax(logits.float(), dim=1).amax(dim=1)
+    return (1.0 - confidence).clamp(0.0, 1.0)
