@@ -65,10 +65,24 @@ class Driver:
         log.info("plan: %d nodes to store, %d already in the cache", stored,
                  sum(1 for r in self.records if r["cached"]))
 
+    def _unread_intermediates(self, wanted: set[str]) -> set[str]:
+        """Intermediate nodes (shared forwards) whose every reader is already in the cache: nothing would read
+        them, so a cache filled before they existed is not recomputed for them."""
+        from advbench.stages import INTERMEDIATE
+
+        readers: dict[str, list[str]] = {}
+        for key, node in self.plan.nodes.items():
+            for i in node.inputs:
+                readers.setdefault(i, []).append(key)
+        return {key for key, node in self.plan.nodes.items()
+                if node.stage in INTERMEDIATE and key not in self.done
+                and all(r in self.done or r not in wanted for r in readers.get(key, []))}
+
     def run(self, targets: Optional[set[str]] = None, on_finished: Optional[Callable[[], None]] = None) -> None:
         """Compute every node of ``targets`` (default: all) not yet done, inputs first."""
         nodes = self.plan.nodes
         wanted = set(nodes) if targets is None else self._closure(targets)
+        wanted -= self._unread_intermediates(wanted)
         todo = [k for k in nodes if k in wanted and k not in self.done]
         pending = {k: {i for i in nodes[k].inputs if i not in self.done} for k in todo}
         submitted: set[str] = set()

@@ -826,6 +826,9 @@ STAGES: dict[str, Callable[[Node, Worker], Any]] = {
     "transfer": stage_transfer,
 }
 
+# stages whose nodes only feed other nodes (never the results): computed only for a reader not yet cached
+INTERMEDIATE = frozenset({"forwards"})
+
 # what a node's stage is called in stage records, run.log and `cache ls`
 RECORD_STAGE = {"accuracy": "metrics", "mask-labels": "masks", "adversarial-chunk": "adversarial"}
 

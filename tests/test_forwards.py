@@ -6,6 +6,7 @@ are those they had before the shared nodes existed, and their values are the sam
 
 from __future__ import annotations
 
+import json
 import re
 from collections import Counter
 from pathlib import Path
@@ -129,3 +130,25 @@ def test_digits_run_forwards_each_model_on_each_image_set_once(tmp_path):
     assert sets["adversarial"] >= 3 * 3
     labels = [r for r in results["stages"] if r["stage"] == "masks" and "labels" in r["label"]]
     assert labels and all(not r["forwards"] for r in labels)  # read from the shared logits, computed nothing
+
+
+def test_a_cache_filled_before_the_shared_forwards_is_not_recomputed_for_them(tmp_path):
+    """Forwards nodes only feed other nodes: where every reader is cached (a cache filled before the forwards
+    nodes existed, here: the forwards entries removed), the run computes none of them and gives the same rows."""
+    from advbench.cache import Cache
+
+    args = ("run", "suites/digits.yaml", "--no-report", "--threads", "1")
+    advbench_cli(*args, "--out", str(tmp_path / "first"), cache=tmp_path / "cache")
+    cache = Cache(str(tmp_path / "cache"))
+    first = load_results(tmp_path / "first")
+    plan = json.loads(advbench_cli("plan", "suites/digits.yaml", "--threads", "1", "--json",
+                                   cache=tmp_path / "cache").stdout)
+    forwards = [n["key"] for n in plan if n["stage"] == "forwards"]
+    assert forwards and all(n["cached"] for n in plan)
+    for key in forwards:
+        cache.remove(key)
+    advbench_cli(*args, "--out", str(tmp_path / "again"), cache=tmp_path / "cache")
+    again = load_results(tmp_path / "again")
+    assert not [r for r in again["stages"] if r["stage"] == "forwards"]  # neither computed nor read
+    assert [r["label"] for r in again["stages"] if not r["cached"] and r["stage"] != "data"] == []
+    assert again["detection"] == first["detection"] and again["security"] == first["security"]
