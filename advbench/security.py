@@ -343,6 +343,7 @@ def scope_label(entry: dict[str, Any]) -> str:
 
 
 def sanity_warnings(checks: Iterable[dict[str, Any]]) -> list[str]:
-    """One warning line per failed check, for results.json's ``warnings`` and the run's log."""
-    return [f"sanity check {c.get('check')} failed for {scope_label(c)}: {c.get('detail')}"
-            for c in checks if isinstance(c, dict) and c.get("outcome") == "fail"]
+    """One warning line per failed check, for results.json's ``warnings`` and the run's log; a check that reads
+    the attack alone (success without the detector) fails once per detector beside it, and is said once."""
+    return list(dict.fromkeys(f"sanity check {c.get('check')} failed for {scope_label(c)}: {c.get('detail')}"
+                              for c in checks if isinstance(c, dict) and c.get("outcome") == "fail"))

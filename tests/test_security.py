@@ -201,6 +201,8 @@ def test_sanity_warnings_name_each_failed_check():
     assert len(warnings) == sum(c["outcome"] == "fail" for c in checks) == 1
     assert warnings[0].startswith("sanity check eps-growth failed for pgd (oblivious, linf, 10 steps) on cnn: ")
     assert sanity_warnings([{"check": "eps-growth", "outcome": "pass"}]) == []
+    # the same failed check beside two detectors (it reads the attack alone) is said once
+    assert sanity_warnings(checks + checks) == warnings
 
 
 def test_eps_labels():
