@@ -534,15 +534,15 @@ class _Builder:
             if adversarial_fit:
                 seen[aname] = {**entry, "params": params, "reads": reads}
         if len(seen) > 1:
-            self.unseen(suite, point, name, seen, env_inputs, common, shared)
+            self.unseen(suite, point, name, seen, common, shared)
         for aname in suite.usable("attacks"):
             if _adaptive(suite, aname):
                 self.adaptive(suite, point, aname, dname, iname, source, target, victim, interp, attacks,
                               {"env": env, "env_key": env_key, "env_inputs": env_inputs, "common": common,
                                "shared": shared})
 
-    def unseen(self, suite: Any, point: Point, name: str, seen: dict[str, dict[str, Any]],
-               env_inputs: tuple[str, ...], common: dict[str, Any], shared: Optional[dict[str, Any]]) -> None:
+    def unseen(self, suite: Any, point: Point, name: str, seen: dict[str, dict[str, Any]], common: dict[str, Any],
+               shared: Optional[dict[str, Any]]) -> None:
         """The "unseen" protocol of a detector that learns from adversarial examples: the model fitted on one
         attack (``evaluation.unseen_fit``) scores every other attack's inputs, so each row says how it does on
         an attack it never saw, and the worst case over attacks reads this one model's scores throughout."""

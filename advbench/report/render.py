@@ -22,9 +22,9 @@ from advbench.report.charts import heatmaps as draw_heatmaps, roc_figures
 from advbench.report.format import NOT_COMPUTED, fmt, period, seconds
 from advbench.report.gallery import gallery_blocks
 from advbench.report.sections import arrange, collect
-from advbench.report.tables import (attacks_table, controls_table, detection_table, with_kept_share, interpreters_table, invariance_table,
-                                    leaderboard_tables, plugins_table, score_definitions, stage_tables,
-                                    transfer_tables, unseen_table, victims_table,
+from advbench.report.tables import (attacks_table, controls_table, detection_table, interpreters_table,
+                                    invariance_table, leaderboard_tables, plugins_table, score_definitions,
+                                    stage_tables, transfer_tables, unseen_table, victims_table, with_kept_share,
                                     worst_case_table)
 from advbench.report.view import View, dicts, mapping, ordered, population
 from advbench.security import sanity_warnings
@@ -80,6 +80,7 @@ def build_context(results: dict[str, Any], raw: str, run_dir: Path, env: jinja2.
                             for p in dicts(results.get("plugins")) if p.get("distribution"))
     victims = [{"name": str(k), "plugin": mapping(v).get("plugin"), "accuracy": mapping(v).get("clean_accuracy")}
                for k, v in view.victims.items()]
+    controls = controls_table(view)  # the table and, per attack, who beats every control
     context = {
         "results": results,
         "suite": results.get("suite") or NOT_COMPUTED,
@@ -148,8 +149,8 @@ def build_context(results: dict[str, Any], raw: str, run_dir: Path, env: jinja2.
         "attacks_table": attacks_table(view),
         "worst_table": worst_case_table(view),
         "unseen_table": unseen_table(view),
-        "controls_table": controls_table(view)[0],
-        "controls_verdicts": controls_table(view)[1],
+        "controls_table": controls[0],
+        "controls_verdicts": controls[1],
         "gallery": gallery,
         "gallery_note": gallery_note,
         "results_json": embed_json(raw),
