@@ -322,14 +322,19 @@ class SanityCheck(Row):
     seed: Optional[int] = Field(None, description="the training seed, in a suite with seeds")
 
 
-class Comparison(Row):
-    """The best detector by AUROC on one set of inputs against another detector read on the same inputs."""
+class SameInputs(Row):
+    """The set of inputs two detectors are read on, for a paired test: attack set, pair, subset, population."""
 
     attack: str
     source: str
     target: str
     subset: Literal["all", "filtered"]
     population: str
+
+
+class Comparison(SameInputs):
+    """The best detector by AUROC on one set of inputs against another detector read on the same inputs."""
+
     best: str = Field(description="detector[/interpreter] with the highest AUROC on these inputs")
     other: str
     auroc_best: Optional[float] = None
@@ -342,15 +347,10 @@ class Comparison(Row):
     seed: Optional[int] = Field(None, description="the training seed, in a suite with seeds")
 
 
-class ControlComparison(Row):
+class ControlComparison(SameInputs):
     """An interpretation-based detector against a control (label-only, msp, the contrastive rule on raw pixels)
     read on the same inputs: DeLong's paired test of the AUROC difference."""
 
-    attack: str
-    source: str
-    target: str
-    subset: Literal["all", "filtered"]
-    population: str
     detector: str = Field(description="detector/interpreter")
     control: str = Field(description="the control detector[/interpreter]")
     auroc: Optional[float] = None
