@@ -40,7 +40,12 @@ __all__ = [
 
 
 class Options(BaseModel):
-    """Base of every plugin's options: unknown keys are rejected, so a typo in a suite fails before a run."""
+    """Base of every plugin's options: unknown keys are rejected, so a typo in a suite fails before a run.
+
+    Every option is part of the cache keys of what the plugin computes. An option added to a released plugin
+    whose default keeps the old behaviour may say so with ``Field(default, json_schema_extra={"key_neutral":
+    True})``: at its default it is left out of the keys, so the caches made before it existed stay valid.
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 

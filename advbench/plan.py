@@ -91,7 +91,14 @@ def _with_kind(reg: Any) -> dict[str, str]:
 
 
 def _options(options: Any) -> dict[str, Any]:
-    return options.model_dump(mode="json")
+    """The options as they enter a cache key: every field, except a ``key_neutral`` one left at its default (an
+    option added to a plugin later, whose default is the old behaviour, so that adding it recomputes nothing)."""
+    dumped = options.model_dump(mode="json")
+    for name, spec in type(options).model_fields.items():
+        extra = spec.json_schema_extra if isinstance(spec.json_schema_extra, dict) else {}
+        if extra.get("key_neutral") and getattr(options, name) == spec.default:
+            dumped.pop(name)
+    return dumped
 
 
 def subset_digest(subset: dict[str, Any]) -> str:

@@ -15,7 +15,8 @@ from torch import nn
 
 from advbench.api import DetectorEnv, RunContext
 from advbench.metrics import detection_metrics
-from advbench_detectors.lid import Lid, lid_mle, masked_lid_mle
+from advbench.plan import _options
+from advbench_detectors.lid import Lid, LidOptions, clean_sources, lid_mle, masked_lid_mle
 from advbench_detectors.mahalanobis import Mahalanobis
 
 
@@ -92,6 +93,52 @@ def test_lid_reference_is_drawn_per_input_from_its_content():
     own = det._allowed(det._pool[:5])
     assert not own[torch.arange(5), torch.arange(5)].any()
     assert torch.isfinite(det._lids(victim, det._pool[:5])).all()
+
+
+def test_clean_sources_finds_the_image_each_attack_started_from():
+    gen = torch.Generator().manual_seed(0)
+    benign = torch.rand(200, 3, 8, 8, generator=gen)
+    picked = torch.randperm(200, generator=gen)[:60]
+    x = benign[picked]
+    linf = (x + (8 / 255) * torch.sign(torch.randn(x.shape, generator=gen))).clamp(0, 1)
+    l0 = x.clone().flatten(1)
+    l0[:, :20] = 1.0  # a tenth of the features pushed to the maximum, as JSMA does
+    l2 = (x + 0.05 * torch.randn(x.shape, generator=gen)).clamp(0, 1)
+    for adversarial in (linf, l0.view_as(x), l2):
+        assert torch.equal(clean_sources(adversarial, benign), picked)
+
+
+def test_lid_held_out_reference_comes_from_benign_fit_images_and_leaves_their_attacks_out(monkeypatch):
+    victim = _flat_victim(16)
+    train = torch.rand(300, 1, 1, 16, generator=torch.Generator().manual_seed(0))
+    env = DetectorEnv(victim, train, torch.zeros(300, dtype=torch.int64), 2)
+    benign = torch.rand(60, 1, 1, 16, generator=torch.Generator().manual_seed(1))
+    adversarial = (benign + 0.02).clamp(0, 1)
+    seen = {}
+    import advbench_detectors.lid as lid_module
+    real_fit = lid_module.fit_logistic
+
+    def spy(fb, fa, c=None):
+        seen["benign"], seen["adversarial"] = len(fb), len(fa)
+        return real_fit(fb, fa, c=c)
+
+    monkeypatch.setattr(lid_module, "fit_logistic", spy)
+    det = Lid(k=10, minibatch=20, pool=500, reference="held-out")
+    det.fit(env, benign, adversarial, _ctx())
+    assert len(det._pool) == 30  # at most half of the benign fit images
+    in_pool = (det._pool.flatten(1)[:, None] == benign.flatten(1)[None]).all(-1).any(0)
+    assert int(in_pool.sum()) == 30  # every pool image is a benign fit image, none a training image
+    # the regression sees the other benign half and only the attacks whose source is outside the pool
+    assert seen == {"benign": 30, "adversarial": 30}
+    out = det.score(env, torch.cat([benign[~in_pool], adversarial[~in_pool]]), _ctx())
+    assert torch.isfinite(out.score).all()
+
+
+def test_lid_reference_option_leaves_the_cache_key_alone_at_its_default():
+    # caches made before the option existed stay valid: at "training" it is not part of the key
+    assert "reference" not in _options(LidOptions())
+    assert _options(LidOptions(reference="held-out"))["reference"] == "held-out"
+    assert _options(LidOptions())["pool"] == 500
 
 
 # ------------------------------------------------------------------------------ Mahalanobis

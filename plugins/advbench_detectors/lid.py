@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from typing import Optional
+from typing import Literal, Optional
 
 import torch
 from pydantic import Field
@@ -22,8 +22,12 @@ class LidOptions(Options):
                                                   "CIFAR-10)")
     minibatch: int = Field(100, ge=3, le=100_000, description="benign reference images each input's LID is "
                                                               "estimated against (Ma et al.'s minibatch: 100)")
-    pool: int = Field(500, ge=3, le=100_000, description="training images the reference minibatches are drawn "
-                                                         "from (seeded subsample); their activations are kept")
+    pool: int = Field(500, ge=3, le=100_000, description="images the reference minibatches are drawn from "
+                                                         "(seeded subsample); their activations are kept")
+    reference: Literal["training", "held-out"] = Field(
+        "training", json_schema_extra={"key_neutral": True},
+        description="where the pool comes from: training images, or held-out benign test images (half of the fit "
+                    "images at most; the other half fits the regression)")
     max_layers: Optional[int] = Field(None, ge=1, le=1000, description="keep only the deepest this many layers; "
                                                                         "None: every layer, as Ma et al.")
     c: Optional[float] = Field(None, gt=0, le=1e6, description="inverse L2 regularization of the logistic "
@@ -45,6 +49,17 @@ def masked_lid_mle(distances: torch.Tensor, allowed: torch.Tensor, k: int) -> to
     return lid_mle(torch.where(allowed, distances, torch.full_like(distances, float("inf"))), k)
 
 
+def clean_sources(adversarial_x: torch.Tensor, benign_x: torch.Tensor) -> torch.Tensor:
+    """For each adversarial image, the index of the benign image it most likely came from: the one with the
+    smallest median absolute pixel difference (an L-inf attack moves every pixel by at most eps, an L0 attack
+    few pixels, an L2 attack most pixels slightly, while two different images differ in most pixels)."""
+    sources = torch.empty(len(adversarial_x), dtype=torch.long)
+    flat = benign_x.flatten(1).float()
+    for i, adv in enumerate(adversarial_x.flatten(1).float()):
+        sources[i] = (flat - adv).abs().median(dim=1).values.argmin()
+    return sources
+
+
 class Lid(Detector):
     """Local intrinsic dimensionality (Ma, Li, Wang, Erfani, Wijewickrema, Schoenebeck, Song, Houle and Bailey
     2018, "Characterizing Adversarial Subspaces Using Local Intrinsic Dimensionality").
@@ -62,7 +77,13 @@ class Lid(Detector):
     benign, so here (departure) the reference comes from a pool of ``pool`` training images (``env.train_x``,
     seeded subsample drawn at fit time, disjoint from the fit and evaluation images) and is redrawn for every
     input: each input draws its own ``minibatch`` of the pool with a generator seeded from the input's content
-    (its float32 bytes) and the fit's seed. The draw changes from input to input as Ma et al.'s changes from
+    (its float32 bytes) and the fit's seed. ``reference: held-out`` draws the pool from the benign fit images
+    instead (at most half of them), which are test images like the ones scored: a victim that fits its training
+    images more tightly than unseen ones gives training images denser neighbourhoods, so a benign test input's
+    LID against a training pool is inflated, as Ma et al.'s test-batch reference is not. The regression then
+    fits on the other benign fit images and on the adversarial fit images whose clean source (the benign fit
+    image with the smallest median absolute pixel difference: an attack leaves most pixels nearly unchanged)
+    is not in the pool, since an evaluated input's source never is. The draw changes from input to input as Ma et al.'s changes from
     minibatch to minibatch, while an input's score does not depend on how the harness batches it. A pool
     image identical to the input (pixel for pixel) is left out of its minibatch, as Ma et al. leave out the point
     itself. (Ma et al.'s code also drops the nearest reference point of adversarial and noisy inputs, whose
@@ -164,10 +185,17 @@ class Lid(Detector):
         return torch.stack(columns, dim=1)
 
     def fit(self, env: DetectorEnv, benign_x: torch.Tensor, adversarial_x: torch.Tensor, ctx: RunContext) -> None:
-        idx = subsample(len(env.train_x), self.options.pool, ctx.generator("lid", "pool"))
-        if len(idx) < 3:
-            raise ValueError("lid needs at least 3 training images for its reference pool")
-        self._pool = env.train_x[idx].float().clone()
+        if self.options.reference == "held-out":
+            order = torch.randperm(len(benign_x), generator=ctx.generator("lid", "pool"))
+            in_pool = order[:min(self.options.pool, len(benign_x) // 2)]
+            self._pool = benign_x[in_pool].float().clone()
+            adversarial_x = adversarial_x[~torch.isin(clean_sources(adversarial_x, benign_x), in_pool)]
+            benign_x = benign_x[order[len(in_pool):]]
+        else:
+            idx = subsample(len(env.train_x), self.options.pool, ctx.generator("lid", "pool"))
+            self._pool = env.train_x[idx].float().clone()
+        if len(self._pool) < 3:
+            raise ValueError(f"lid needs at least 3 {self.options.reference} images for its reference pool")
         self._seed = ctx.derive_seed("lid", "reference draws")
         fb = map_batches(lambda b: self._lids(env.victim, b), benign_x, ctx, "lid: benign LID")
         fa = map_batches(lambda b: self._lids(env.victim, b), adversarial_x, ctx, "lid: adversarial LID")
