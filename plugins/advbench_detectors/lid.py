@@ -98,7 +98,9 @@ class Lid(Detector):
     scores.
 
     Paper CIFAR-10 numbers: not found in the references available here (the paper's detection table could
-    not be retrieved); issue 13 quotes about 0.82 AUROC on FGM and 0.99 on C&W ("Opt") for CIFAR-10.
+    not be retrieved); issue 13 quotes about 0.82 AUROC on FGM and 0.99 on C&W ("Opt") for CIFAR-10. Their code
+    estimates an adversarial input's LID against the minibatch holding its clean source, a signal no deployed
+    detector has: reports/lid-diagnosis/ measures what that protocol adds (up to 0.12 AUROC on FGSM).
 
     Adaptive attacks (``adaptive_gradient = "eot"``): given the reference minibatch drawn for an input, each
     layer's LID is a differentiable function of x almost everywhere (the k nearest neighbours are chosen by a
