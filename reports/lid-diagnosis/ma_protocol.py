@@ -15,7 +15,8 @@ source, dropping nothing (a benign input still drops itself).
 Run from the repository root after `advbench run suites/lid-diagnosis.yaml --limit 300 --threads 1` (it reads
 that run's cache and computes nothing the suite did not), with one torch thread:
     OMP_NUM_THREADS=1 python reports/lid-diagnosis/ma_protocol.py --limit 300 --threads 1
-It prints one line per victim and attack and writes ma_protocol.json beside itself.
+It prints two lines per victim and attack (AUROC with DeLong's 95% interval, DR and FPR at 0.5), the paired
+DeLong difference between them, and writes ma_protocol.json beside itself (Wilson intervals on DR and FPR).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from sklearn.preprocessing import MinMaxScaler
 
 from advbench.cache import Cache
 from advbench.devices import resolve_device
+from advbench.metrics import auroc_interval, paired_auroc_test, wilson_interval
 from advbench.plan import build_plan, data_node
 from advbench.runner import make_executor, run_settings, with_batch_size
 from advbench.stages import Worker, attack_success, images, load_classifier, load_dataset
@@ -82,10 +84,14 @@ def evaluate(lid: Lid, victim, x, x_adv, success, noise_std, source_out: bool, s
         model = LogisticRegressionCV(max_iter=1000).fit(scaler.transform(train_x), train_y)
     p_benign = model.predict_proba(scaler.transform(f["benign"][cut:]))[:, 1]
     p_adv = model.predict_proba(scaler.transform(f["adversarial"][cut:][ok[cut:]]))[:, 1]
+    detected, false_alarms = int((p_adv > 0.5).sum()), int((p_benign > 0.5).sum())
     return {"auroc": float(roc_auc_score(np.r_[np.zeros(len(p_benign)), np.ones(len(p_adv))],
                                          np.r_[p_benign, p_adv])),
-            "dr": float((p_adv > 0.5).mean()), "fpr": float((p_benign > 0.5).mean()),
-            "n_benign": int(len(p_benign)), "n_adversarial": int(len(p_adv))}
+            "auroc_ci": auroc_interval(p_benign, p_adv),
+            "dr": detected / len(p_adv), "dr_ci": wilson_interval(detected, len(p_adv)),
+            "fpr": false_alarms / len(p_benign), "fpr_ci": wilson_interval(false_alarms, len(p_benign)),
+            "n_benign": int(len(p_benign)), "n_adversarial": int(len(p_adv)),
+            "scores": (p_benign, p_adv)}
 
 
 def main() -> None:
@@ -117,14 +123,22 @@ def main() -> None:
         # their noisy negatives: per-pixel Gaussian noise as large as the attack's mean per-pixel change
         noise_std = float((x_adv - x).pow(2).mean().sqrt())
         attack = node.label.split(" on ")[0]
+        pair = []
         for source_out in (False, True):
             result = evaluate(lid, victim, x, x_adv, success, noise_std, source_out, settings.seed)
+            pair.append(result.pop("scores"))
             result.update(victim=victim_node.label.split(".")[-1], attack=attack, noise_std=noise_std,
                           protocol="source removed" if source_out else "theirs (source in minibatch)")
             rows.append(result)
-            print(f"{result['victim']:9s} {attack:9s} {result['protocol']:29s} AUROC {result['auroc']:.3f}  "
-                  f"DR {result['dr']:.3f}  FPR {result['fpr']:.3f}  (test: {result['n_benign']} benign, "
-                  f"{result['n_adversarial']} successful adversarial)", flush=True)
+            lo, hi = result["auroc_ci"] or (float("nan"), float("nan"))
+            print(f"{result['victim']:9s} {attack:9s} {result['protocol']:29s} AUROC {result['auroc']:.3f} "
+                  f"[{lo:.2f}, {hi:.2f}]  DR {result['dr']:.3f}  FPR {result['fpr']:.3f}  (test: "
+                  f"{result['n_benign']} benign, {result['n_adversarial']} successful adversarial)", flush=True)
+        # the same test inputs scored both ways: DeLong's paired test of theirs minus source removed
+        rows[-2]["minus_source_removed"] = paired_auroc_test(*pair[0], *pair[1])
+        test = rows[-2]["minus_source_removed"] or {"delta": float("nan"), "delta_ci": [float("nan")] * 2}
+        print(f"{'':19s} theirs minus source removed: {test['delta']:+.3f} [{test['delta_ci'][0]:.2f}, "
+              f"{test['delta_ci'][1]:.2f}]", flush=True)
     (HERE / "ma_protocol.json").write_text(json.dumps(rows, indent=1) + "\n")
 
 
