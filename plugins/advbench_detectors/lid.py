@@ -77,17 +77,17 @@ class Lid(Detector):
     benign, so here (departure) the reference comes from a pool of ``pool`` training images (``env.train_x``,
     seeded subsample drawn at fit time, disjoint from the fit and evaluation images) and is redrawn for every
     input: each input draws its own ``minibatch`` of the pool with a generator seeded from the input's content
-    (its float32 bytes) and the fit's seed. ``reference: held-out`` draws the pool from the benign fit images
-    instead (at most half of them), which are test images like the ones scored: a victim that fits its training
-    images more tightly than unseen ones gives training images denser neighbourhoods, so a benign test input's
-    LID against a training pool is inflated, as Ma et al.'s test-batch reference is not. The regression then
-    fits on the other benign fit images and on the adversarial fit images whose clean source (the benign fit
-    image with the smallest median absolute pixel difference: an attack leaves most pixels nearly unchanged)
-    is not in the pool, since an evaluated input's source never is. The draw changes from input to input as Ma et al.'s changes from
+    (its float32 bytes) and the fit's seed. The draw changes from input to input as Ma et al.'s changes from
     minibatch to minibatch, while an input's score does not depend on how the harness batches it. A pool
     image identical to the input (pixel for pixel) is left out of its minibatch, as Ma et al. leave out the point
-    itself. (Ma et al.'s code also drops the nearest reference point of adversarial and noisy inputs, whose
-    minibatch holds their clean source; no input's source is in the pool here, so nothing else is dropped.)
+    itself. ``reference: held-out`` draws the pool from the benign fit images instead (at most half of them),
+    test images like the ones scored, to test whether a victim that fits its training images more tightly than
+    unseen ones inflates a benign test input's LID against a training pool (reports/lid-diagnosis/: it does not
+    lift LID). The regression then fits on the other benign fit images and on the adversarial fit images whose
+    clean source (the benign fit image with the smallest median absolute pixel difference: an attack leaves most
+    pixels nearly unchanged) is not in the pool, since an evaluated input's source never is. (Ma et al.'s code
+    also drops the nearest reference point of adversarial and noisy inputs, whose minibatch holds their clean
+    source; no input's source is in the pool here, so nothing else is dropped.)
 
     Classifier: logistic regression on the standardized per-layer LID vector, benign 0 vs adversarial 1, fitted
     on the held-out images given to ``fit``, with the regularization chosen by 5-fold cross-validation
