@@ -45,12 +45,15 @@ HERE = Path(__file__).resolve().parent
 BATCH, K, TRAIN_SHARE = 100, 20, 0.7
 
 
-def batch_lids(lid: Lid, victim: torch.nn.Module, clean: torch.Tensor, query: torch.Tensor,
-               drop_nearest: bool, source_out: bool) -> torch.Tensor:
-    """Per-layer LID of each query row against the clean minibatch (query row i comes from clean row i)."""
+def activations(lid: Lid, victim: torch.nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
     with torch.no_grad():
-        reference = lid._activations(victim, clean)
-        queries = lid._activations(victim, query)
+        return lid._activations(victim, x)
+
+
+def batch_lids(reference: list[torch.Tensor], queries: list[torch.Tensor], drop_nearest: bool,
+               source_out: bool) -> torch.Tensor:
+    """Per-layer LID of each query row against the clean minibatch's activations (query row i comes from clean
+    row i)."""
     columns = []
     for ref, q in zip(reference, queries):
         d = torch.cdist(q.double(), ref.double())
@@ -69,10 +72,11 @@ def evaluate(lid: Lid, victim, x, x_adv, success, noise_std, source_out: bool, s
     for start in range(0, n, BATCH):
         clean = x[start:start + BATCH]
         noisy = (clean + noise_std * torch.randn(clean.shape, generator=gen)).clamp(0, 1)
-        feats["benign"].append(batch_lids(lid, victim, clean, clean, True, False))
-        feats["adversarial"].append(batch_lids(lid, victim, clean, x_adv[start:start + BATCH], not source_out,
-                                               source_out))
-        feats["noisy"].append(batch_lids(lid, victim, clean, noisy, not source_out, source_out))
+        reference = activations(lid, victim, clean)  # the minibatch, and the benign queries themselves
+        feats["benign"].append(batch_lids(reference, reference, True, False))
+        feats["adversarial"].append(batch_lids(reference, activations(lid, victim, x_adv[start:start + BATCH]),
+                                               not source_out, source_out))
+        feats["noisy"].append(batch_lids(reference, activations(lid, victim, noisy), not source_out, source_out))
     f = {k: torch.cat(v).numpy() for k, v in feats.items()}
     ok = success[:n].numpy()
     cut = int(n // BATCH * TRAIN_SHARE) * BATCH  # whole minibatches on each side, as their block split
