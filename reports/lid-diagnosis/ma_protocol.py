@@ -15,6 +15,10 @@ source, dropping nothing (a benign input still drops itself).
 Run from the repository root after `advbench run suites/lid-diagnosis.yaml --limit 300 --threads 1` (it reads
 that run's cache and computes nothing the suite did not), with one torch thread:
     OMP_NUM_THREADS=1 python reports/lid-diagnosis/ma_protocol.py --limit 300 --threads 1
+Another suite's cached run is read with the same --suite, --limit (0: the run had none), --threads and --device
+it ran with (the cache keys hold them), e.g. the GPU run of suites/baselines-strong-victim.yaml:
+    python reports/lid-diagnosis/ma_protocol.py --suite suites/baselines-strong-victim.yaml --limit 0 \
+        --device auto --threads 16 --out reports/baselines-strong-victim/ma_protocol.json
 It prints two lines per victim and attack (AUROC with DeLong's 95% interval, DR and FPR at 0.5), the paired
 DeLong difference between them, and writes ma_protocol.json beside itself (Wilson intervals on DR and FPR).
 """
@@ -46,8 +50,8 @@ BATCH, K, TRAIN_SHARE = 100, 20, 0.7
 
 
 def activations(lid: Lid, victim: torch.nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
-    with torch.no_grad():
-        return lid._activations(victim, x)
+    with torch.no_grad():  # on the victim's device (a GPU run's cache holds a CUDA victim)
+        return lid._activations(victim, x.to(next(victim.parameters()).device))
 
 
 def batch_lids(reference: list[torch.Tensor], queries: list[torch.Tensor], drop_nearest: bool,
@@ -62,7 +66,7 @@ def batch_lids(reference: list[torch.Tensor], queries: list[torch.Tensor], drop_
         if drop_nearest:
             d = d.sort(dim=1).values[:, 1:]
         columns.append(lid_mle(d, min(K, d.shape[1] - 1)))
-    return torch.stack(columns, dim=1)
+    return torch.stack(columns, dim=1).cpu()
 
 
 def evaluate(lid: Lid, victim, x, x_adv, success, noise_std, source_out: bool, seed: int) -> dict:
@@ -101,16 +105,18 @@ def evaluate(lid: Lid, victim, x, x_adv, success, noise_std, source_out: bool, s
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--suite", default="suites/lid-diagnosis.yaml")
-    parser.add_argument("--limit", type=int, default=300)
+    parser.add_argument("--limit", type=int, default=300, help="the run's --limit (0: it had none)")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--device", default="cpu", help="the run's --device (auto, cpu or cuda)")
+    parser.add_argument("--out", type=Path, default=HERE / "ma_protocol.json")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     suite = load_suite(Path(args.suite), [])
     cache = Cache()
-    settings = run_settings(suite, cache, "cpu", args.threads, make_executor(suite))
+    settings = run_settings(suite, cache, args.device, args.threads, make_executor(suite))
     data = load_dataset(data_node(suite, settings))
     settings = with_batch_size(settings, suite, data, resolve_device(settings.device, "device"))
-    plan = build_plan(suite, data, settings, args.limit)
+    plan = build_plan(suite, data, settings, args.limit or None)
     lid = Lid()
     rows = []
     for node in plan.nodes.values():
@@ -143,7 +149,7 @@ def main() -> None:
         test = rows[-2]["minus_source_removed"] or {"delta": float("nan"), "delta_ci": [float("nan")] * 2}
         print(f"{'':19s} theirs minus source removed: {test['delta']:+.3f} [{test['delta_ci'][0]:.2f}, "
               f"{test['delta_ci'][1]:.2f}]", flush=True)
-    (HERE / "ma_protocol.json").write_text(json.dumps(rows, indent=1) + "\n")
+    args.out.write_text(json.dumps(rows, indent=1) + "\n")
 
 
 if __name__ == "__main__":
