@@ -13,6 +13,8 @@ VICTIMS = (
      "AlexNet-style CNN (3 conv+BN blocks, 3 linear layers), the paper's f1"),
     ("vgg-like", "advbench_victims.vgg_like:VggLike", ("vgg",),
      "VGG-style CNN (3 stages of 2 conv+BN), more accurate than alexnet; the transfer source"),
+    ("review-cnn", "advbench_victims.review_cnn:ReviewCnn", (),
+     "the Aldahdooh et al. review's CIFAR-10 CNN (conv stages with dropout, linear 512 features)"),
     ("lenet", "advbench_victims.lenet:LeNet", (),
      "LeNet-5; the paper's mask classifier f2, or a victim for small inputs"),
     ("small-cnn", "advbench_victims.small_cnn:SmallCnn", (),

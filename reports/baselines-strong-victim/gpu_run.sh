@@ -2,6 +2,7 @@
 # The GPU run behind reports/baselines-strong-victim/ (issue 13), from the repository root of a CUDA machine with
 # advbench installed (or, on the device tool's bare machine, the wheels in .whl/ and the data in .devdata/):
 #   bash reports/baselines-strong-victim/gpu_run.sh
+# SUITE picks another suite (suites/baselines-review-cnn.yaml); TESTS=0 skips the device tests.
 # Writes into $OUT (default /tmp/strong-victim-out): report.tar.gz (the run), paired.tar.gz (the same scores re-read
 # with paired negatives), ma_protocol.json (LID under the review's protocol), and the logs. Each step has a
 # deadline (seconds from the start) so a lease's fixed time still returns what finished.
@@ -9,6 +10,7 @@ set -u
 T0=$(date +%s)
 OUT=${OUT:-/tmp/strong-victim-out}; mkdir -p "$OUT"
 THREADS=${THREADS:-8}
+RUN_BY=${RUN_BY:-440} PAIRED_BY=${PAIRED_BY:-480} MA_BY=${MA_BY:-545}  # deadlines, seconds from the start
 SUITE=${SUITE:-suites/baselines-strong-victim.yaml}
 export ADVBENCH_CACHE=${ADVBENCH_CACHE:-/tmp/advbench-cache} PYTHONUNBUFFERED=1
 left() { echo $(( $1 - ($(date +%s) - T0) )); }
@@ -27,15 +29,17 @@ fi
 { nvidia-smi; python3 -c "import torch, advbench; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())"; } \
   >"$OUT/checks.log" 2>&1
 step "installed"
-timeout "$(left 75)" python3 -m pytest -q -p no:cacheprovider tests/test_devices.py tests/test_interpreters.py \
-  >>"$OUT/checks.log" 2>&1; step "device tests exit $?"
+if [ "${TESTS:-1}" = 1 ]; then
+  timeout "$(left 75)" python3 -m pytest -q -p no:cacheprovider tests/test_devices.py tests/test_interpreters.py \
+    >>"$OUT/checks.log" 2>&1; step "device tests exit $?"
+fi
 
-timeout "$(left 440)" python3 -m advbench.cli run "$SUITE" --threads "$THREADS" --out /tmp/report >"$OUT/run.log" 2>&1
+timeout "$(left "$RUN_BY")" python3 -m advbench.cli run "$SUITE" --threads "$THREADS" --out /tmp/report >"$OUT/run.log" 2>&1
 step "run exit $?"
 [ -d /tmp/report ] && tar -czf "$OUT/report.tar.gz" -C /tmp report
-timeout "$(left 480)" python3 -m advbench.cli run "$SUITE" --threads "$THREADS" --set evaluation.benign=paired \
+timeout "$(left "$PAIRED_BY")" python3 -m advbench.cli run "$SUITE" --threads "$THREADS" --set evaluation.benign=paired \
   --out /tmp/paired >>"$OUT/ma.log" 2>&1; step "paired re-read exit $?"
 [ -d /tmp/paired ] && tar -czf "$OUT/paired.tar.gz" -C /tmp paired
-timeout "$(left 545)" python3 reports/lid-diagnosis/ma_protocol.py --suite "$SUITE" --limit 0 --device auto \
+timeout "$(left "$MA_BY")" python3 reports/lid-diagnosis/ma_protocol.py --suite "$SUITE" --limit 0 --device auto \
   --threads "$THREADS" --out "$OUT/ma_protocol.json" >>"$OUT/ma.log" 2>&1; step "ma_protocol exit $?"
 step "done"
