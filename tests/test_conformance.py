@@ -30,6 +30,7 @@ SMALL = {
     ("attack", "joint-pgd"): {"steps": 10, "search_steps": 2},
     ("victim", "alexnet"): {"epochs": 1},
     ("victim", "vgg-like"): {"epochs": 1},
+    ("victim", "review-cnn"): {"epochs": 1},
     ("victim", "small-cnn"): {"epochs": 2},
     ("victim", "lenet"): {"epochs": 2},
     ("executor", "processes"): {"workers": 2},

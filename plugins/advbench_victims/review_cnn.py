@@ -29,8 +29,8 @@ class ReviewCnn(Victim):
 
     Departures: their recipe (SGD lr 0.01 halved every 30 epochs, batch 32, 100 epochs, rotation, shift and
     flip augmentation, L2 on the kernels) is replaced by the shared one (one-cycle SGD peaking at ``lr``, batch
-    128, crop and flip, weight decay on every weight), for ``epochs`` epochs: a GPU trains it in about two
-    minutes, and the clean accuracy lands near theirs (the report's victims table says where).
+    128, crop and flip, weight decay on every weight), for ``epochs`` epochs. Measured on an H100 (seed 0, the
+    CIFAR-10 JPEG export, reports/baselines-review-cnn/): 30 epochs in 57 s, 88.75% clean accuracy.
     """
 
     name = "review-cnn"
