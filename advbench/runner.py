@@ -805,11 +805,18 @@ def _merge(results: dict[str, Any], out: dict[str, Any]) -> None:
     results.setdefault("evaluation", out.get("evaluation"))
 
 
-def _git_commit(run_dir: Optional[Path] = None) -> Optional[str]:
-    """The checkout's commit (with '+dirty' for uncommitted changes outside the run folder, which the run itself
-    writes), for the run's provenance; None outside git."""
-    root = Path(__file__).resolve().parents[1]
+def _git_commit(run_dir: Optional[Path] = None, source: Optional[Path] = None) -> Optional[str]:
+    """The commit of the checkout advbench runs from (with '+dirty' for uncommitted changes outside the run
+    folder, which the run itself writes), for the run's provenance; None where the code is not a tracked file of
+    a git checkout: an installed copy (site-packages, a ``pip install --target`` folder) inside some other
+    repository must not claim that repository's commit. ``source`` is this module's file (a test moves it)."""
+    source = Path(source or __file__).resolve()
+    root = source.parents[1]
     try:
+        tracked = subprocess.run(["git", "ls-files", "--error-unmatch", str(source)], cwd=root,
+                                 capture_output=True, text=True, timeout=10)
+        if tracked.returncode != 0:
+            return None
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
         if commit.returncode != 0:
             return None
