@@ -1,0 +1,175 @@
+"""KD+BU scored under the evaluation protocol of the Aldahdooh et al. review's code, on a suite's cached victim and
+attacks, with and without the one element of it no deployed detector can have: batch norm on batch statistics.
+
+Their protocol (detectors_review kd_bu/detect_kd_bu.py and kd_bu/detect/util.py, read for this script): only the
+test images the victim classifies correctly; each gets an adversarial version and a Gaussian-noisy copy (std
+0.03125 for their FGSM(8), clipped to [0, 1]). Density: a Gaussian kernel density (bandwidth 0.26) of the features
+before the last linear layer, one per class over all 50,000 training images by true label, read under the
+predicted class. Uncertainty: 50 passes with Keras' learning phase 1, the mean over classes of the softmax's
+variance; learning phase 1 switches dropout on and also puts every batch-norm layer on the statistics of its batch
+of 256, and each batch holds one set only (all clean, all noisy or all adversarial). Each feature is z-scored
+over every row before the split; a cross-validated logistic regression is fitted on the first 70% (adversarial,
+failed ones included, against clean + noisy) and tested on the rest: DR is the share of successful adversarial
+test inputs over 0.5, FPR the share of clean test inputs over 0.5.
+
+"theirs" runs that protocol; "theirs, batch norm on running statistics" changes only the uncertainty's batch
+norm to inference mode (what the harness's kd-bu does: a deployed detector scores one input at a time, and an
+input's score must not depend on which other inputs share its batch).
+
+Run from the repository root after `advbench run suites/baselines-fit-size.yaml --limit 1000 --threads 1` (it
+reads that run's cache; it computes the features itself), with the same --limit and --threads:
+    OMP_NUM_THREADS=2 python reports/baselines/kd_protocol.py --suite suites/baselines-fit-size.yaml \\
+        --limit 1000 --threads 1 --torch-threads 2
+It prints one line per attack and variant (AUROC with DeLong's 95% interval, DR and FPR at 0.5) and the paired
+DeLong difference, and writes kd_protocol.json beside itself (Wilson intervals on DR and FPR).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from sklearn.linear_model import LogisticRegressionCV
+from sklearn.metrics import roc_auc_score
+from sklearn.preprocessing import StandardScaler
+from torch import nn
+
+from advbench.cache import Cache
+from advbench.devices import resolve_device
+from advbench.metrics import auroc_interval, paired_auroc_test, wilson_interval
+from advbench.plan import build_plan, data_node
+from advbench.runner import make_executor, run_settings, with_batch_size
+from advbench.stages import Worker, attack_success, images, load_classifier, load_dataset
+from advbench.suite import load_suite
+from advbench_detectors._features import penultimate
+from advbench_detectors.kd_bu import PAPER_CIFAR10_BANDWIDTH, dropout_modules, gaussian_kde_log_density
+
+HERE = Path(__file__).resolve().parent
+MC_PASSES, MC_BATCH, NOISE_STD, BLOCK, TRAIN_SHARE = 50, 256, 0.03125, 100, 0.7
+VARIANTS = {"theirs": True, "theirs, batch norm on running statistics": False}
+
+
+def uncertainty(victim: nn.Module, x: torch.Tensor, seed: int, batch_stats: bool) -> torch.Tensor:
+    """Mean over classes of the softmax variance across MC_PASSES dropout passes, in batches of MC_BATCH rows of
+    one set; with ``batch_stats`` every batch-norm layer normalizes by its batch (a copy: running stats stay)."""
+    model = copy.deepcopy(victim).eval()
+    for m in dropout_modules(model):
+        m.train(True)
+    if batch_stats:
+        for m in model.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.train(True)
+    torch.manual_seed(seed)
+    out = []
+    with torch.no_grad():
+        for start in range(0, len(x), MC_BATCH):
+            xb = x[start:start + MC_BATCH]
+            probs = torch.stack([torch.softmax(model(xb), dim=1) for _ in range(MC_PASSES)])
+            out.append(probs.var(dim=0, unbiased=False).mean(dim=1))
+    return torch.cat(out)
+
+
+def class_densities(victim: nn.Module, train_x: torch.Tensor, train_y: torch.Tensor) -> list[torch.Tensor]:
+    with torch.no_grad():
+        feats = torch.cat([penultimate(victim, train_x[s:s + 1000])[0] for s in range(0, len(train_x), 1000)])
+    return [feats[train_y == c] for c in range(int(train_y.max()) + 1)]
+
+
+def log_density(victim: nn.Module, classes: list[torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        feats, logits = penultimate(victim, x)
+    predicted = logits.argmax(dim=1)
+    out = torch.empty(len(x))
+    for c in predicted.unique().tolist():
+        rows = predicted == c
+        out[rows] = gaussian_kde_log_density(feats[rows], classes[c], PAPER_CIFAR10_BANDWIDTH)
+    return out
+
+
+def evaluate(features: dict[str, np.ndarray], success: np.ndarray) -> dict:
+    n = len(success) // BLOCK * BLOCK
+    cut = int(n // BLOCK * TRAIN_SHARE) * BLOCK  # whole blocks on each side, as their indx_start
+    f = {k: v[:n] for k, v in features.items()}
+    ok = success[:n]
+    # z-scored over every row of the three sets before the split, as their normalize_std
+    scaler = StandardScaler().fit(np.concatenate([f["clean"], f["adversarial"], f["noisy"]]))
+    z = {k: scaler.transform(v) for k, v in f.items()}
+    train_x = np.concatenate([z["clean"][:cut], z["noisy"][:cut], z["adversarial"][:cut]])
+    train_y = np.concatenate([np.zeros(2 * cut), np.ones(cut)])
+    with warnings.catch_warnings():  # scikit-learn's notices of future defaults; the fit is the same
+        warnings.simplefilter("ignore", FutureWarning)
+        model = LogisticRegressionCV(max_iter=1000).fit(train_x, train_y)
+    p_clean = model.predict_proba(z["clean"][cut:])[:, 1]
+    p_adv = model.predict_proba(z["adversarial"][cut:][ok[cut:]])[:, 1]
+    detected, false_alarms = int((p_adv > 0.5).sum()), int((p_clean > 0.5).sum())
+    return {"auroc": float(roc_auc_score(np.r_[np.zeros(len(p_clean)), np.ones(len(p_adv))], np.r_[p_clean, p_adv])),
+            "auroc_ci": auroc_interval(p_clean, p_adv),
+            "dr": detected / len(p_adv), "dr_ci": wilson_interval(detected, len(p_adv)),
+            "fpr": false_alarms / len(p_clean), "fpr_ci": wilson_interval(false_alarms, len(p_clean)),
+            "n_benign": int(len(p_clean)), "n_adversarial": int(len(p_adv)), "scores": (p_clean, p_adv)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--suite", default="suites/baselines-fit-size.yaml")
+    parser.add_argument("--limit", type=int, default=1000, help="the run's --limit (0: it had none)")
+    parser.add_argument("--threads", type=int, default=1, help="the run's --threads (its cache keys hold it)")
+    parser.add_argument("--torch-threads", type=int, default=None, help="torch threads for this script")
+    parser.add_argument("--device", default="cpu", help="the run's --device (auto, cpu or cuda)")
+    parser.add_argument("--out", type=Path, default=HERE / "kd_protocol.json")
+    args = parser.parse_args()
+    torch.set_num_threads(args.torch_threads or args.threads)
+    suite = load_suite(Path(args.suite), [])
+    settings = run_settings(suite, Cache(), args.device, args.threads, make_executor(suite))
+    data = load_dataset(data_node(suite, settings))
+    settings = with_batch_size(settings, suite, data, resolve_device(settings.device, "device"))
+    plan = build_plan(suite, data, settings, args.limit or None)
+    rows, shared = [], {}
+    for node in plan.nodes.values():
+        if node.stage != "adversarial" or node.params.get("images", {}).get("set") != "eval+fit":
+            continue
+        worker = Worker(node)
+        victim = load_classifier(node.params["victim"], worker).cpu().eval()
+        x, y = images(worker, node.params["images"])
+        adv = worker.load(node.key, "x_adv", "pred_clean", "pred_adv")
+        keep = adv["pred_clean"] == y  # their inds_correct
+        success = attack_success(adv, y)[keep].numpy()
+        x, x_adv = x[keep], adv["x_adv"][keep]
+        attack = node.label.split(" on ")[0]
+        if "clean" not in shared:  # the clean and noisy sets are the same for every attack on these images
+            gen = torch.Generator().manual_seed(settings.seed)
+            noisy = (x + NOISE_STD * torch.randn(x.shape, generator=gen)).clamp(0, 1)
+            classes = class_densities(victim, data.train_x, data.train_y)
+            shared.update(classes=classes, noisy=noisy, density={k: log_density(victim, classes, v) for k, v in
+                                                                (("clean", x), ("noisy", noisy))})
+        density = dict(shared["density"], adversarial=log_density(victim, shared["classes"], x_adv))
+        pair = []
+        for name, batch_stats in VARIANTS.items():
+            key = ("uncertainty", batch_stats)
+            if key not in shared:
+                shared[key] = {k: uncertainty(victim, v, settings.seed, batch_stats)
+                               for k, v in (("clean", x), ("noisy", shared["noisy"]))}
+            unc = dict(shared[key], adversarial=uncertainty(victim, x_adv, settings.seed, batch_stats))
+            features = {k: torch.stack([density[k], unc[k]], dim=1).double().numpy() for k in unc}
+            result = evaluate(features, success)
+            pair.append(result.pop("scores"))
+            result.update(victim=node.params["victim"].label.split(".")[-1], attack=attack, protocol=name)
+            rows.append(result)
+            lo, hi = result["auroc_ci"] or (float("nan"), float("nan"))
+            print(f"{result['victim']:9s} {attack:6s} {name:41s} AUROC {result['auroc']:.3f} [{lo:.2f}, {hi:.2f}]  "
+                  f"DR {result['dr']:.3f}  FPR {result['fpr']:.3f}  (test: {result['n_benign']} clean, "
+                  f"{result['n_adversarial']} successful adversarial)", flush=True)
+        rows[-2]["minus_running_statistics"] = paired_auroc_test(*pair[0], *pair[1])
+        test = rows[-2]["minus_running_statistics"] or {"delta": float("nan"), "delta_ci": [float("nan")] * 2}
+        print(f"{'':16s} batch statistics minus running statistics: {test['delta']:+.3f} "
+              f"[{test['delta_ci'][0]:.2f}, {test['delta_ci'][1]:.2f}]", flush=True)
+    args.out.write_text(json.dumps(rows, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
