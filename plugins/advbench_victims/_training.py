@@ -1,8 +1,10 @@
-"""The training loop the built-in victims share: SGD with a one-cycle schedule, optional crop and flip."""
+"""The training loop the built-in victims share: SGD with a one-cycle (or step) schedule, optional crop and flip
+(or rotation and shift) augmentation."""
 
 from __future__ import annotations
 
 import logging
+import math
 import time
 from typing import Any, Iterator, Literal, Optional
 
@@ -29,6 +31,20 @@ class TrainOptions(Options):
     amp: Literal["off", "bf16", "fp16"] = Field(
         "off", description="mixed precision for training on CUDA (bf16, or fp16 with loss scaling); ignored on "
                            "the CPU, which always trains in float32; inference stays float32")
+    # added after victims were cached: key_neutral keeps them out of the cache key at their defaults (the old
+    # recipe), so no cached victim is recomputed
+    schedule: Literal["one-cycle", "step"] = Field(
+        "one-cycle", json_schema_extra={"key_neutral": True},
+        description="one-cycle (peaking at lr) or step: lr halved every lr_drop_epochs epochs, as the Keras "
+                    "recipes of the detector literature")
+    lr_drop_epochs: int = Field(30, ge=1, le=500, json_schema_extra={"key_neutral": True},
+                                description="with schedule: step, epochs between halvings")
+    rotation: float = Field(0.0, ge=0, le=180, json_schema_extra={"key_neutral": True},
+                            description="with augment: random rotation, uniform in +-degrees (Keras' "
+                                        "rotation_range); with shift, it replaces the crop")
+    shift: float = Field(0.0, ge=0, lt=1, json_schema_extra={"key_neutral": True},
+                         description="with augment: random translation, uniform in +-this share of the width and "
+                                     "height (Keras' width/height_shift_range)")
 
     @model_serializer(mode="wrap")
     def _dump(self, handler: Any) -> dict[str, Any]:
@@ -83,6 +99,25 @@ def augment_batch(x: torch.Tensor, generator: torch.Generator, flip: bool = True
     return out
 
 
+def warp_batch(x: torch.Tensor, generator: torch.Generator, rotation: float, shift: float, flip: bool = True
+               ) -> torch.Tensor:
+    """Random rotation (uniform in +-``rotation`` degrees) and translation (uniform in +-``shift`` of the size)
+    about the image centre, bilinear, the border pixels repeated outward (Keras' fill_mode "nearest" up to the
+    interpolation), then the random horizontal flip; draws from ``generator``, as ``augment_batch``."""
+    n = x.shape[0]
+    draw = lambda: (torch.rand(n, generator=generator, device=generator.device) * 2 - 1).to(x.device)  # noqa: E731
+    angle = draw() * math.radians(rotation)
+    tx, ty = draw() * 2 * shift, draw() * 2 * shift  # affine_grid's units: the image spans [-1, 1]
+    cos, sin = angle.cos(), angle.sin()
+    theta = torch.stack([torch.stack([cos, -sin, tx], dim=1), torch.stack([sin, cos, ty], dim=1)], dim=1)
+    grid = F.affine_grid(theta.to(x.dtype), list(x.shape), align_corners=False)
+    out = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    if flip:
+        mirror = (torch.rand(n, generator=generator, device=generator.device) < 0.5).to(x.device)
+        out = torch.where(mirror.view(n, 1, 1, 1), out.flip(-1), out)
+    return out
+
+
 def _on_device(train_x: torch.Tensor, train_y: torch.Tensor, device: torch.device
                ) -> Optional[tuple[torch.Tensor, torch.Tensor]]:
     """The training set copied to the device once per fit, when it takes under a quarter of the free memory."""
@@ -127,6 +162,17 @@ def _autocast(opts: TrainOptions, device: torch.device, label: str):
     return torch.autocast("cuda", dtype=torch.bfloat16 if opts.amp == "bf16" else torch.float16)
 
 
+def lr_schedule(optimizer: torch.optim.Optimizer, opts: TrainOptions, steps_per_epoch: int
+                ) -> torch.optim.lr_scheduler.LRScheduler:
+    """The learning-rate schedule of ``opts``, stepped once per batch: one-cycle peaking at ``lr``, or ``lr``
+    halved every ``lr_drop_epochs`` epochs (the factor changes at epoch boundaries)."""
+    if opts.schedule == "step":
+        drop = opts.lr_drop_epochs
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 0.5 ** (step // steps_per_epoch // drop))
+    return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=opts.lr, epochs=opts.epochs,
+                                               steps_per_epoch=steps_per_epoch)
+
+
 def train_classifier(model: nn.Module, train_x: torch.Tensor, train_y: torch.Tensor, ctx: RunContext,
                      opts: TrainOptions, label: str = "train", flip: bool = True) -> None:
     """Train ``model`` in place. Finds its ``Normalize`` module (if any) and fits it to the data first."""
@@ -147,8 +193,7 @@ def train_classifier(model: nn.Module, train_x: torch.Tensor, train_y: torch.Ten
     steps_per_epoch = (len(train_x) + batch_size - 1) // batch_size
     optimizer = torch.optim.SGD(model.parameters(), lr=opts.lr, momentum=opts.momentum,
                                 weight_decay=opts.weight_decay, nesterov=opts.momentum > 0)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=opts.lr, epochs=opts.epochs,
-                                                   steps_per_epoch=steps_per_epoch)
+    schedule = lr_schedule(optimizer, opts, steps_per_epoch)
     total = opts.epochs * steps_per_epoch
     first = 0
     resume = ctx.restore_progress()
@@ -177,7 +222,9 @@ def train_classifier(model: nn.Module, train_x: torch.Tensor, train_y: torch.Ten
         batches = (_device_batches(resident, train_x, train_y, ctx, generator, batch_size) if cuda else
                    ctx.batches(train_x, train_y, shuffle=True, generator=generator, batch_size=batch_size))
         for xb, yb in batches:
-            if opts.augment:
+            if opts.augment and (opts.rotation or opts.shift):
+                xb = warp_batch(xb, aug_gen, opts.rotation, opts.shift, flip=flip)
+            elif opts.augment:
                 xb = augment_batch(xb, aug_gen, flip=flip)
             xb = xb.contiguous(memory_format=torch.channels_last)
             if autocast is None:

@@ -2,7 +2,8 @@
 # The GPU run behind reports/baselines-strong-victim/ (issue 13), from the repository root of a CUDA machine with
 # advbench installed (or, on the device tool's bare machine, the wheels in .whl/ and the data in .devdata/):
 #   bash reports/baselines-strong-victim/gpu_run.sh
-# SUITE picks another suite (suites/baselines-review-cnn.yaml); TESTS=0 skips the device tests.
+# SUITE picks another suite (suites/baselines-review-cnn.yaml); TESTS=0 skips the device tests; KD=1 adds
+# reports/baselines/kd_protocol.py (kd_protocol.json).
 # Writes into $OUT (default /tmp/strong-victim-out): report.tar.gz (the run), paired.tar.gz (the same scores re-read
 # with paired negatives), ma_protocol.json (LID under the review's protocol), and the logs. Each step has a
 # deadline (seconds from the start) so a lease's fixed time still returns what finished.
@@ -10,7 +11,7 @@ set -u
 T0=$(date +%s)
 OUT=${OUT:-/tmp/strong-victim-out}; mkdir -p "$OUT"
 THREADS=${THREADS:-8}
-RUN_BY=${RUN_BY:-440} PAIRED_BY=${PAIRED_BY:-480} MA_BY=${MA_BY:-545}  # deadlines, seconds from the start
+RUN_BY=${RUN_BY:-440} PAIRED_BY=${PAIRED_BY:-480} MA_BY=${MA_BY:-545} KD_BY=${KD_BY:-590}  # deadlines, s from the start
 SUITE=${SUITE:-suites/baselines-strong-victim.yaml}
 export ADVBENCH_CACHE=${ADVBENCH_CACHE:-/tmp/advbench-cache} PYTHONUNBUFFERED=1
 left() { echo $(( $1 - ($(date +%s) - T0) )); }
@@ -42,4 +43,8 @@ timeout "$(left "$PAIRED_BY")" python3 -m advbench.cli run "$SUITE" --threads "$
 [ -d /tmp/paired ] && tar -czf "$OUT/paired.tar.gz" -C /tmp paired
 timeout "$(left "$MA_BY")" python3 reports/lid-diagnosis/ma_protocol.py --suite "$SUITE" --limit 0 --device auto \
   --threads "$THREADS" --out "$OUT/ma_protocol.json" >>"$OUT/ma.log" 2>&1; step "ma_protocol exit $?"
+if [ "${KD:-0}" = 1 ]; then  # KD+BU under the review's protocol (reports/baselines/kd_protocol.py)
+  timeout "$(left "$KD_BY")" python3 reports/baselines/kd_protocol.py --suite "$SUITE" --limit 0 --device auto \
+    --threads "$THREADS" --out "$OUT/kd_protocol.json" >>"$OUT/ma.log" 2>&1; step "kd_protocol exit $?"
+fi
 step "done"

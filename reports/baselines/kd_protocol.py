@@ -21,7 +21,8 @@ reads that run's cache; it computes the features itself), with the same --limit 
     OMP_NUM_THREADS=2 python reports/baselines/kd_protocol.py --suite suites/baselines-fit-size.yaml \\
         --limit 1000 --threads 1 --torch-threads 2
 It prints one line per attack and variant (AUROC with DeLong's 95% interval, DR and FPR at 0.5) and the paired
-DeLong difference, and writes kd_protocol.json beside itself (Wilson intervals on DR and FPR).
+DeLong difference, and writes kd_protocol.json beside itself (Wilson intervals on DR and FPR). A GPU run's cache
+is read with its --device and --limit 0, as reports/baselines-strong-victim/gpu_run.sh does.
 """
 
 from __future__ import annotations
@@ -64,31 +65,40 @@ def uncertainty(victim: nn.Module, x: torch.Tensor, seed: int, batch_stats: bool
         for m in model.modules():
             if isinstance(m, nn.modules.batchnorm._BatchNorm):
                 m.train(True)
+    device = next(model.parameters()).device
     torch.manual_seed(seed)
+    if device.type == "cuda":
+        torch.cuda.manual_seed(seed)
     out = []
     with torch.no_grad():
         for start in range(0, len(x), MC_BATCH):
-            xb = x[start:start + MC_BATCH]
+            xb = x[start:start + MC_BATCH].to(device)
             probs = torch.stack([torch.softmax(model(xb), dim=1) for _ in range(MC_PASSES)])
-            out.append(probs.var(dim=0, unbiased=False).mean(dim=1))
+            out.append(probs.var(dim=0, unbiased=False).mean(dim=1).cpu())
     return torch.cat(out)
 
 
 def class_densities(victim: nn.Module, train_x: torch.Tensor, train_y: torch.Tensor) -> list[torch.Tensor]:
+    device = next(victim.parameters()).device  # the victim's device: a GPU run's cache holds a CUDA victim
     with torch.no_grad():
-        feats = torch.cat([penultimate(victim, train_x[s:s + 1000])[0] for s in range(0, len(train_x), 1000)])
-    return [feats[train_y == c] for c in range(int(train_y.max()) + 1)]
+        feats = torch.cat([penultimate(victim, train_x[s:s + 1000].to(device))[0]
+                           for s in range(0, len(train_x), 1000)])
+    return [feats[train_y.to(device) == c] for c in range(int(train_y.max()) + 1)]
 
 
 def log_density(victim: nn.Module, classes: list[torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    device = next(victim.parameters()).device
+    out = []
     with torch.no_grad():
-        feats, logits = penultimate(victim, x)
-    predicted = logits.argmax(dim=1)
-    out = torch.empty(len(x))
-    for c in predicted.unique().tolist():
-        rows = predicted == c
-        out[rows] = gaussian_kde_log_density(feats[rows], classes[c], PAPER_CIFAR10_BANDWIDTH)
-    return out
+        for start in range(0, len(x), 1000):
+            feats, logits = penultimate(victim, x[start:start + 1000].to(device))
+            predicted = logits.argmax(dim=1)
+            part = torch.empty(len(feats), device=device)
+            for c in predicted.unique().tolist():
+                rows = predicted == c
+                part[rows] = gaussian_kde_log_density(feats[rows], classes[c], PAPER_CIFAR10_BANDWIDTH)
+            out.append(part.cpu())
+    return torch.cat(out)
 
 
 def evaluate(features: dict[str, np.ndarray], success: np.ndarray) -> dict:
@@ -134,7 +144,7 @@ def main() -> None:
         if node.stage != "adversarial" or node.params.get("images", {}).get("set") != "eval+fit":
             continue
         worker = Worker(node)
-        victim = load_classifier(node.params["victim"], worker).cpu().eval()
+        victim = load_classifier(node.params["victim"], worker).eval()
         x, y = images(worker, node.params["images"])
         adv = worker.load(node.key, "x_adv", "pred_clean", "pred_adv")
         keep = adv["pred_clean"] == y  # their inds_correct
