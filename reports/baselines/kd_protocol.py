@@ -131,10 +131,12 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="the run's --threads (its cache keys hold it)")
     parser.add_argument("--torch-threads", type=int, default=None, help="torch threads for this script")
     parser.add_argument("--device", default="cpu", help="the run's --device (auto, cpu or cuda)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
+                        help="the run's --set overrides (they change its cache keys), repeatable")
     parser.add_argument("--out", type=Path, default=HERE / "kd_protocol.json")
     args = parser.parse_args()
     torch.set_num_threads(args.torch_threads or args.threads)
-    suite = load_suite(Path(args.suite), [])
+    suite = load_suite(Path(args.suite), args.overrides)
     settings = run_settings(suite, Cache(), args.device, args.threads, make_executor(suite))
     data = load_dataset(data_node(suite, settings))
     settings = with_batch_size(settings, suite, data, resolve_device(settings.device, "device"))

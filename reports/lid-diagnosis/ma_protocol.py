@@ -108,10 +108,12 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=300, help="the run's --limit (0: it had none)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--device", default="cpu", help="the run's --device (auto, cpu or cuda)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
+                        help="the run's --set overrides (they change its cache keys), repeatable")
     parser.add_argument("--out", type=Path, default=HERE / "ma_protocol.json")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    suite = load_suite(Path(args.suite), [])
+    suite = load_suite(Path(args.suite), args.overrides)
     cache = Cache()
     settings = run_settings(suite, cache, args.device, args.threads, make_executor(suite))
     data = load_dataset(data_node(suite, settings))
