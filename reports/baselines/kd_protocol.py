@@ -36,17 +36,10 @@ from pathlib import Path
 import numpy as np
 import torch
 from sklearn.linear_model import LogisticRegressionCV
-from sklearn.metrics import roc_auc_score
 from sklearn.preprocessing import StandardScaler
 from torch import nn
 
-from advbench.cache import Cache
-from advbench.devices import resolve_device
-from advbench.metrics import auroc_interval, paired_auroc_test, wilson_interval
-from advbench.plan import build_plan, data_node
-from advbench.runner import make_executor, run_settings, with_batch_size
-from advbench.stages import Worker, attack_success, images, load_classifier, load_dataset
-from advbench.suite import load_suite
+from advbench.rescore import add_run_arguments, cached_attack_sets, paired_difference, print_result, threshold_result
 from advbench_detectors._features import penultimate
 from advbench_detectors.kd_bu import PAPER_CIFAR10_BANDWIDTH, dropout_modules, gaussian_kde_log_density
 
@@ -116,47 +109,25 @@ def evaluate(features: dict[str, np.ndarray], success: np.ndarray) -> dict:
         model = LogisticRegressionCV(max_iter=1000).fit(train_x, train_y)
     p_clean = model.predict_proba(z["clean"][cut:])[:, 1]
     p_adv = model.predict_proba(z["adversarial"][cut:][ok[cut:]])[:, 1]
-    detected, false_alarms = int((p_adv > 0.5).sum()), int((p_clean > 0.5).sum())
-    return {"auroc": float(roc_auc_score(np.r_[np.zeros(len(p_clean)), np.ones(len(p_adv))], np.r_[p_clean, p_adv])),
-            "auroc_ci": auroc_interval(p_clean, p_adv),
-            "dr": detected / len(p_adv), "dr_ci": wilson_interval(detected, len(p_adv)),
-            "fpr": false_alarms / len(p_clean), "fpr_ci": wilson_interval(false_alarms, len(p_clean)),
-            "n_benign": int(len(p_clean)), "n_adversarial": int(len(p_adv)), "scores": (p_clean, p_adv)}
+    return threshold_result(p_clean, p_adv)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--suite", default="suites/baselines-fit-size.yaml")
-    parser.add_argument("--limit", type=int, default=1000, help="the run's --limit (0: it had none)")
-    parser.add_argument("--threads", type=int, default=1, help="the run's --threads (its cache keys hold it)")
+    add_run_arguments(parser, suite="suites/baselines-fit-size.yaml", limit=1000, threads=1,
+                      out=HERE / "kd_protocol.json")
     parser.add_argument("--torch-threads", type=int, default=None, help="torch threads for this script")
-    parser.add_argument("--device", default="cpu", help="the run's --device (auto, cpu or cuda)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
-                        help="the run's --set overrides (they change its cache keys), repeatable")
-    parser.add_argument("--out", type=Path, default=HERE / "kd_protocol.json")
     args = parser.parse_args()
     torch.set_num_threads(args.torch_threads or args.threads)
-    suite = load_suite(Path(args.suite), args.overrides)
-    settings = run_settings(suite, Cache(), args.device, args.threads, make_executor(suite))
-    data = load_dataset(data_node(suite, settings))
-    settings = with_batch_size(settings, suite, data, resolve_device(settings.device, "device"))
-    plan = build_plan(suite, data, settings, args.limit or None)
     rows, shared = [], {}
-    for node in plan.nodes.values():
-        if node.stage != "adversarial" or node.params.get("images", {}).get("set") != "eval+fit":
-            continue
-        worker = Worker(node)
-        victim = load_classifier(node.params["victim"], worker).eval()
-        x, y = images(worker, node.params["images"])
-        adv = worker.load(node.key, "x_adv", "pred_clean", "pred_adv")
-        keep = adv["pred_clean"] == y  # their inds_correct
-        success = attack_success(adv, y)[keep].numpy()
-        x, x_adv = x[keep], adv["x_adv"][keep]
-        attack = node.label.split(" on ")[0]
+    for cached in cached_attack_sets(args):
+        keep = cached.pred_clean == cached.y  # their inds_correct
+        success = cached.success[keep].numpy()
+        x, x_adv, victim, seed = cached.x[keep], cached.x_adv[keep], cached.victim, cached.seed
         if "clean" not in shared:  # the clean and noisy sets are the same for every attack on these images
-            gen = torch.Generator().manual_seed(settings.seed)
+            gen = torch.Generator().manual_seed(seed)
             noisy = (x + NOISE_STD * torch.randn(x.shape, generator=gen)).clamp(0, 1)
-            classes = class_densities(victim, data.train_x, data.train_y)
+            classes = class_densities(victim, cached.data.train_x, cached.data.train_y)
             shared.update(classes=classes, noisy=noisy, density={k: log_density(victim, classes, v) for k, v in
                                                                 (("clean", x), ("noisy", noisy))})
         density = dict(shared["density"], adversarial=log_density(victim, shared["classes"], x_adv))
@@ -164,22 +135,16 @@ def main() -> None:
         for name, batch_stats in VARIANTS.items():
             key = ("uncertainty", batch_stats)
             if key not in shared:
-                shared[key] = {k: uncertainty(victim, v, settings.seed, batch_stats)
+                shared[key] = {k: uncertainty(victim, v, seed, batch_stats)
                                for k, v in (("clean", x), ("noisy", shared["noisy"]))}
-            unc = dict(shared[key], adversarial=uncertainty(victim, x_adv, settings.seed, batch_stats))
+            unc = dict(shared[key], adversarial=uncertainty(victim, x_adv, seed, batch_stats))
             features = {k: torch.stack([density[k], unc[k]], dim=1).double().numpy() for k in unc}
             result = evaluate(features, success)
-            pair.append(result.pop("scores"))
-            result.update(victim=node.params["victim"].label.split(".")[-1], attack=attack, protocol=name)
+            result.update(victim=cached.victim_name, attack=cached.attack, protocol=name)
             rows.append(result)
-            lo, hi = result["auroc_ci"] or (float("nan"), float("nan"))
-            print(f"{result['victim']:9s} {attack:6s} {name:41s} AUROC {result['auroc']:.3f} [{lo:.2f}, {hi:.2f}]  "
-                  f"DR {result['dr']:.3f}  FPR {result['fpr']:.3f}  (test: {result['n_benign']} clean, "
-                  f"{result['n_adversarial']} successful adversarial)", flush=True)
-        rows[-2]["minus_running_statistics"] = paired_auroc_test(*pair[0], *pair[1])
-        test = rows[-2]["minus_running_statistics"] or {"delta": float("nan"), "delta_ci": [float("nan")] * 2}
-        print(f"{'':16s} batch statistics minus running statistics: {test['delta']:+.3f} "
-              f"[{test['delta_ci'][0]:.2f}, {test['delta_ci'][1]:.2f}]", flush=True)
+            pair.append(result)
+            print_result(result, widths=(9, 6, 41))
+        paired_difference(pair[0], pair[1], "minus_running_statistics", "batch statistics minus running statistics", 16)
     args.out.write_text(json.dumps(rows, indent=1) + "\n")
 
 

@@ -33,16 +33,9 @@ from pathlib import Path
 import numpy as np
 import torch
 from sklearn.linear_model import LogisticRegressionCV
-from sklearn.metrics import roc_auc_score
 from sklearn.preprocessing import MinMaxScaler
 
-from advbench.cache import Cache
-from advbench.devices import resolve_device
-from advbench.metrics import auroc_interval, paired_auroc_test, wilson_interval
-from advbench.plan import build_plan, data_node
-from advbench.runner import make_executor, run_settings, with_batch_size
-from advbench.stages import Worker, attack_success, images, load_classifier, load_dataset
-from advbench.suite import load_suite
+from advbench.rescore import add_run_arguments, cached_attack_sets, paired_difference, print_result, threshold_result
 from advbench_detectors.lid import Lid, lid_mle
 
 HERE = Path(__file__).resolve().parent
@@ -92,65 +85,32 @@ def evaluate(lid: Lid, victim, x, x_adv, success, noise_std, source_out: bool, s
         model = LogisticRegressionCV(max_iter=1000).fit(scaler.transform(train_x), train_y)
     p_benign = model.predict_proba(scaler.transform(f["benign"][cut:]))[:, 1]
     p_adv = model.predict_proba(scaler.transform(f["adversarial"][cut:][ok[cut:]]))[:, 1]
-    detected, false_alarms = int((p_adv > 0.5).sum()), int((p_benign > 0.5).sum())
-    return {"auroc": float(roc_auc_score(np.r_[np.zeros(len(p_benign)), np.ones(len(p_adv))],
-                                         np.r_[p_benign, p_adv])),
-            "auroc_ci": auroc_interval(p_benign, p_adv),
-            "dr": detected / len(p_adv), "dr_ci": wilson_interval(detected, len(p_adv)),
-            "fpr": false_alarms / len(p_benign), "fpr_ci": wilson_interval(false_alarms, len(p_benign)),
-            "n_benign": int(len(p_benign)), "n_adversarial": int(len(p_adv)),
-            "scores": (p_benign, p_adv)}
+    return threshold_result(p_benign, p_adv)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--suite", default="suites/lid-diagnosis.yaml")
-    parser.add_argument("--limit", type=int, default=300, help="the run's --limit (0: it had none)")
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--device", default="cpu", help="the run's --device (auto, cpu or cuda)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
-                        help="the run's --set overrides (they change its cache keys), repeatable")
-    parser.add_argument("--out", type=Path, default=HERE / "ma_protocol.json")
+    add_run_arguments(parser, suite="suites/lid-diagnosis.yaml", limit=300, threads=1, out=HERE / "ma_protocol.json")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    suite = load_suite(Path(args.suite), args.overrides)
-    cache = Cache()
-    settings = run_settings(suite, cache, args.device, args.threads, make_executor(suite))
-    data = load_dataset(data_node(suite, settings))
-    settings = with_batch_size(settings, suite, data, resolve_device(settings.device, "device"))
-    plan = build_plan(suite, data, settings, args.limit or None)
     lid = Lid()
     rows = []
-    for node in plan.nodes.values():
-        if node.stage != "adversarial" or node.params.get("images", {}).get("set") != "eval+fit":
-            continue
-        worker = Worker(node)
-        victim_node = node.params["victim"]
-        victim = load_classifier(victim_node, worker)
-        x, y = images(worker, node.params["images"])
-        adv = worker.load(node.key, "x_adv", "pred_clean", "pred_adv")
-        keep = adv["pred_clean"] == y  # their protocol: correctly classified test images only
-        success = attack_success(adv, y)[keep]
-        x, x_adv = x[keep], adv["x_adv"][keep]
+    for cached in cached_attack_sets(args):
+        keep = cached.pred_clean == cached.y  # their protocol: correctly classified test images only
+        success = cached.success[keep]
+        x, x_adv = cached.x[keep], cached.x_adv[keep]
         # their noisy negatives: per-pixel Gaussian noise as large as the attack's mean per-pixel change
         noise_std = float((x_adv - x).pow(2).mean().sqrt())
-        attack = node.label.split(" on ")[0]
         pair = []
         for source_out in (False, True):
-            result = evaluate(lid, victim, x, x_adv, success, noise_std, source_out, settings.seed)
-            pair.append(result.pop("scores"))
-            result.update(victim=victim_node.label.split(".")[-1], attack=attack, noise_std=noise_std,
+            result = evaluate(lid, cached.victim, x, x_adv, success, noise_std, source_out, cached.seed)
+            result.update(victim=cached.victim_name, attack=cached.attack, noise_std=noise_std,
                           protocol="source removed" if source_out else "theirs (source in minibatch)")
             rows.append(result)
-            lo, hi = result["auroc_ci"] or (float("nan"), float("nan"))
-            print(f"{result['victim']:9s} {attack:9s} {result['protocol']:29s} AUROC {result['auroc']:.3f} "
-                  f"[{lo:.2f}, {hi:.2f}]  DR {result['dr']:.3f}  FPR {result['fpr']:.3f}  (test: "
-                  f"{result['n_benign']} benign, {result['n_adversarial']} successful adversarial)", flush=True)
+            pair.append(result)
+            print_result(result)
         # the same test inputs scored both ways: DeLong's paired test of theirs minus source removed
-        rows[-2]["minus_source_removed"] = paired_auroc_test(*pair[0], *pair[1])
-        test = rows[-2]["minus_source_removed"] or {"delta": float("nan"), "delta_ci": [float("nan")] * 2}
-        print(f"{'':19s} theirs minus source removed: {test['delta']:+.3f} [{test['delta_ci'][0]:.2f}, "
-              f"{test['delta_ci'][1]:.2f}]", flush=True)
+        paired_difference(pair[0], pair[1], "minus_source_removed", "theirs minus source removed", 19)
     args.out.write_text(json.dumps(rows, indent=1) + "\n")
 
 

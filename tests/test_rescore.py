@@ -1,0 +1,51 @@
+"""advbench.rescore: the cached attack sets a protocol script re-scores are the run's own, and the rates it
+reports at a threshold are counted exactly."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from advbench.cache import Cache
+from advbench.rescore import add_run_arguments, cached_attack_sets, threshold_result
+from advbench.stages import InputMissing
+from conftest import REPO, load_results
+
+
+def test_cached_sets_are_the_run_s_attacked_images(digits_run, digits_cache, monkeypatch):
+    results = load_results(digits_run)
+    parser = argparse.ArgumentParser()
+    add_run_arguments(parser, suite=str(REPO / "suites" / "digits.yaml"), limit=0,
+                      threads=results["host"]["torch_threads"], out=Path("unused.json"))
+    args = parser.parse_args([])
+    monkeypatch.chdir(REPO)  # the suite names its data relative to the repository root
+    sets = list(cached_attack_sets(args, Cache(digits_cache)))
+    assert [s.attack for s in sets] == ["fgsm"]  # the oblivious attack of the evaluation + fitting images
+    fgsm = sets[0]
+    assert len(fgsm.x) == len(fgsm.x_adv) == 300 + 200  # n_eval, then n_fit
+    assert float((fgsm.x_adv - fgsm.x).abs().max()) <= 0.2 + 1e-6  # inside the suite's eps ball
+    row = next(a for a in results["attacks"] if a["attack"] == "fgsm")
+    assert int(fgsm.success[:300].sum()) == row["n_success"]  # the evaluation images come first
+    assert int((fgsm.pred_clean[:300] == fgsm.y[:300]).sum()) == row["n_correct"]
+
+
+def test_a_run_that_is_not_cached_is_an_error_not_a_recomputation(tmp_path, monkeypatch):
+    parser = argparse.ArgumentParser()
+    add_run_arguments(parser, suite=str(REPO / "suites" / "digits.yaml"), limit=0, threads=1, out=tmp_path / "o")
+    monkeypatch.chdir(REPO)
+    with pytest.raises(InputMissing):
+        next(cached_attack_sets(parser.parse_args([]), Cache(tmp_path / "empty-cache")))
+
+
+def test_threshold_rates_and_auroc_are_counted_exactly():
+    benign = np.array([0.1, 0.2, 0.6, 0.3])
+    adversarial = np.array([0.7, 0.4, 0.9])
+    out = threshold_result(benign, adversarial)
+    assert out["dr"] == pytest.approx(2 / 3) and out["fpr"] == pytest.approx(1 / 4)
+    assert out["auroc"] == pytest.approx(11 / 12)  # 11 of the 12 (benign, adversarial) pairs ordered right
+    assert (out["n_benign"], out["n_adversarial"]) == (4, 3)
+    lo, hi = out["dr_ci"]
+    assert lo < 2 / 3 < hi
