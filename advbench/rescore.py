@@ -17,6 +17,7 @@ from typing import Any, Iterator, Optional, Sequence
 
 import numpy as np
 import torch
+from sklearn.metrics import roc_auc_score
 from torch import nn
 
 from advbench.cache import Cache
@@ -81,8 +82,6 @@ def threshold_result(p_benign: np.ndarray, p_adversarial: np.ndarray, threshold:
     (Wilson's intervals); ``scores`` keeps both arrays for a paired test."""
     detected, false_alarms = int((p_adversarial > threshold).sum()), int((p_benign > threshold).sum())
     labels = np.r_[np.zeros(len(p_benign)), np.ones(len(p_adversarial))]
-    from sklearn.metrics import roc_auc_score
-
     return {"auroc": float(roc_auc_score(labels, np.r_[p_benign, p_adversarial])),
             "auroc_ci": auroc_interval(p_benign, p_adversarial),
             "dr": detected / len(p_adversarial), "dr_ci": wilson_interval(detected, len(p_adversarial)),
