@@ -101,6 +101,13 @@ def _options(options: Any) -> dict[str, Any]:
     return dumped
 
 
+def f2_on_masks(f2: Node, masks_key: str) -> list[str]:
+    """The key parents that name f2 reading one interpreter's masks, for the nodes of its labels. A trained f2's
+    key already names the masks it was trained on (the keys made before stay valid); a checkpoint f2 has one key
+    for every interpreter, so its masks join it: else two interpreters would share one labels node."""
+    return [f2.key, masks_key] if f2.stage == "checkpoint" else [f2.key]
+
+
 def subset_digest(subset: dict[str, Any]) -> str:
     import torch
 
@@ -364,7 +371,7 @@ class _Builder:
         reads = inputs + _stored(f2)
         shared = {"interp": interp, "f2": f2, "reads": reads}
         bkey = make_key("mask-labels", {"set": "eval", "subset": self.subset_key, "numerics": self.numerics},
-                        [f2.key])
+                        f2_on_masks(f2, mkey))
         forwards = self.forwards(self.images("eval"), interp=shared)
         self.add(Node(bkey, "mask-labels", f"{iname} on {target}: evaluation mask labels", self.settings,
                       inputs=(forwards,), params={"forwards": forwards}))
@@ -377,7 +384,7 @@ class _Builder:
             idx = test_order(self.subset)[:n_mask_eval]
             n_accuracy = len(idx)
             accuracy_key = make_key("mask-labels", {"set": "accuracy", "subset": tensor_digest(idx),
-                                                    "numerics": self.numerics}, [f2.key])
+                                                    "numerics": self.numerics}, f2_on_masks(f2, mkey))
             forwards = self.forwards(self.images("test-order", n=n_mask_eval), interp=shared)
             self.add(Node(accuracy_key, "mask-labels", f"{iname} on {target}: f2 accuracy on {len(idx)} test masks",
                           self.settings, inputs=(forwards,), params={"forwards": forwards}))
@@ -456,6 +463,7 @@ class _Builder:
 
         dreg, doptions = suite.component("detectors", dname)
         env_key = interp["f2"].key if interp else victim.key
+        labels_on = f2_on_masks(interp["f2"], interp["interp"]["masks_key"]) if interp else []
         env = {"victim": victim, "data": self.data, "interp": interp["interp"] if interp else None,
                "f2": interp["f2"] if interp else None}
         env_inputs = interp["reads"] if interp else _stored(victim)
@@ -520,7 +528,7 @@ class _Builder:
             labels_key = benign_labels = None
             if interp is not None:
                 labels_key = make_key("mask-labels", {"set": "adversarial", "numerics": self.numerics},
-                                      [env_key, adv["key"]])
+                                      [*labels_on, adv["key"]])
                 forwards = self.forwards(self.images("adversarial", key=adv["key"], start=0, stop=n_eval),
                                          interp=interp)
                 self.add(Node(labels_key, "mask-labels", f"f2 labels {iname}/{target} on {aname} from {source}",
@@ -545,8 +553,8 @@ class _Builder:
         for aname in suite.usable("attacks"):
             if _adaptive(suite, aname):
                 self.adaptive(suite, point, aname, dname, iname, source, target, victim, interp, attacks,
-                              {"env": env, "env_key": env_key, "env_inputs": env_inputs, "common": common,
-                               "shared": shared})
+                              {"env": env, "env_key": env_key, "labels_on": labels_on, "env_inputs": env_inputs,
+                               "common": common, "shared": shared})
 
     def unseen(self, suite: Any, point: Point, name: str, seen: dict[str, dict[str, Any]], common: dict[str, Any],
                shared: Optional[dict[str, Any]]) -> None:
@@ -703,7 +711,8 @@ class _Builder:
                         benign_reads, {**fit_params, "parts": ["calibration"]}, defence["common"], shared)
         labels_key = benign_labels = None
         if interp is not None:
-            labels_key = make_key("mask-labels", {"set": "adversarial", "numerics": self.numerics}, [env_key, base_key])
+            labels_key = make_key("mask-labels", {"set": "adversarial", "numerics": self.numerics},
+                                  [*defence["labels_on"], base_key])
             forwards = self.forwards(adv_set, interp=interp)
             self.add(Node(labels_key, "mask-labels", f"f2 labels {iname}/{target} on {aname} against {dname}",
                           self.settings, inputs=(forwards,), params={"forwards": forwards}))

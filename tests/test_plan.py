@@ -504,3 +504,28 @@ def test_a_fit_that_trains_with_the_run_batch_size_keys_it_away_from_the_default
     fit_options = {k: v for k, v in options.model_dump(mode="json").items() if k not in reg.cls.explain_options}
     config = {"options": fit_options, "seed": 0, "salt": ["interpreter", "cnn", "lan"], "numerics": numerics(settings)}
     assert at_128["lan"] == make_key("interpreter", config, [plan.points[0].victims["cnn"]["victim"]], identity(reg))
+
+
+def test_two_interpreters_sharing_a_checkpoint_f2_keep_their_own_mask_labels(tmp_path):
+    """A mask classifier loaded from a checkpoint has one key whatever masks it reads: the labels it gives each
+    interpreter's masks (f2's accuracy, the benign and adversarial mask labels) are still separate nodes, keyed
+    on the logits they read, so the second interpreter never reads the first one's labels from the cache."""
+    checkpoint = tmp_path / "f2.pt"
+    checkpoint.write_bytes(b"planning hashes the file; nothing loads it")
+    path = small_digits(tmp_path, interpreters={"gradient": {"plugin": "gradient"},
+                                                "smoothgrad": {"plugin": "smoothgrad", "options": {"n_samples": 2}}},
+                        mask_classifier={"plugin": "lenet", "checkpoint": str(checkpoint)})
+    plan = _plan_at(path, tmp_path)[2]
+    point = plan.points[0]
+    by_interp = {e["interpreter"]: e for e in point.interpreters}
+    assert by_interp["gradient"]["f2"].key == by_interp["smoothgrad"]["f2"].key  # one checkpoint node
+    assert by_interp["gradient"]["eval_labels"] != by_interp["smoothgrad"]["eval_labels"]
+    adversarial = {}
+    for row in point.detections:
+        if row["labels"] is not None:
+            adversarial.setdefault(row["attack"], {})[row["interpreter"]] = row["labels"]
+    assert adversarial and all(len(set(labels.values())) == len(labels) == 2 for labels in adversarial.values())
+    # every labels node reads the logits of its own interpreter's masks
+    for key in (by_interp["gradient"]["eval_labels"], by_interp["smoothgrad"]["eval_labels"]):
+        forwards = plan.nodes[plan.nodes[key].inputs[0]]
+        assert forwards.stage == "forwards" and forwards.params["interp"]["name"] in by_interp
