@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Optional, Sequence
+from typing import Any, Callable, Iterator, Optional, Sequence
 
 import numpy as np
 import torch
@@ -22,10 +22,11 @@ from torch import nn
 
 from advbench.cache import Cache
 from advbench.devices import resolve_device
+from advbench.errors import AdvbenchError
 from advbench.metrics import auroc_interval, paired_auroc_test, wilson_interval
 from advbench.plan import build_plan, data_node
 from advbench.runner import make_executor, run_settings, with_batch_size
-from advbench.stages import Worker, attack_success, images, load_classifier, load_dataset
+from advbench.stages import InputMissing, Worker, attack_success, images, load_classifier, load_dataset
 from advbench.suite import load_suite
 
 
@@ -61,7 +62,11 @@ def cached_attack_sets(args: argparse.Namespace, cache: Optional[Cache] = None) 
     ``add_run_arguments``) cached, in plan order."""
     suite = load_suite(Path(args.suite), list(args.overrides))
     settings = run_settings(suite, cache or Cache(), args.device, args.threads, make_executor(suite))
-    data = load_dataset(data_node(suite, settings))
+    try:
+        data = load_dataset(data_node(suite, settings))
+    except InputMissing:
+        raise AdvbenchError(f"{args.suite}: its dataset is not in the cache {settings.cache_root}: run the suite "
+                            "first") from None
     settings = with_batch_size(settings, suite, data, resolve_device(settings.device, "device"))
     plan = build_plan(suite, data, settings, args.limit or None)
     for node in plan.nodes.values():
@@ -69,9 +74,13 @@ def cached_attack_sets(args: argparse.Namespace, cache: Optional[Cache] = None) 
             continue
         worker = Worker(node)
         victim_node = node.params["victim"]
-        victim = load_classifier(victim_node, worker).eval()
-        x, y = images(worker, node.params["images"])
-        adv = worker.load(node.key, "x_adv", "pred_clean", "pred_adv")
+        try:
+            victim = load_classifier(victim_node, worker).eval()
+            x, y = images(worker, node.params["images"])
+            adv = worker.load(node.key, "x_adv", "pred_clean", "pred_adv")
+        except InputMissing:
+            raise AdvbenchError(f"{args.suite}: {node.label} is not in the cache {settings.cache_root}: run the "
+                                f"suite first with the same --limit, --threads, --device and --set") from None
         yield CachedSet(victim_name=victim_node.label.split(".")[-1], attack=node.label.split(" on ")[0],
                         victim=victim, x=x, y=y, x_adv=adv["x_adv"], pred_clean=adv["pred_clean"],
                         success=attack_success(adv, y), seed=settings.seed, data=data)
@@ -104,3 +113,14 @@ def paired_difference(first: dict[str, Any], second: dict[str, Any], field: str,
     test = first[field] or {"delta": float("nan"), "delta_ci": [float("nan")] * 2}
     print(f"{'':{indent}s} {label}: {test['delta']:+.3f} [{test['delta_ci'][0]:.2f}, {test['delta_ci'][1]:.2f}]",
           flush=True)
+
+
+def run_script(main: Callable[[], None]) -> None:
+    """A protocol script's entry: a bad suite, option or missing run is one line on stderr and exit status 2,
+    as the advbench command gives it."""
+    from advbench.cli import fail
+
+    try:
+        main()
+    except AdvbenchError as exc:
+        fail(str(exc))

@@ -11,7 +11,7 @@ import pytest
 
 from advbench.cache import Cache
 from advbench.rescore import add_run_arguments, cached_attack_sets, threshold_result
-from advbench.stages import InputMissing
+from advbench.errors import AdvbenchError
 from conftest import REPO, load_results
 
 
@@ -36,8 +36,19 @@ def test_a_run_that_is_not_cached_is_an_error_not_a_recomputation(tmp_path, monk
     parser = argparse.ArgumentParser()
     add_run_arguments(parser, suite=str(REPO / "suites" / "digits.yaml"), limit=0, threads=1, out=tmp_path / "o")
     monkeypatch.chdir(REPO)
-    with pytest.raises(InputMissing):
+    with pytest.raises(AdvbenchError, match=r"digits.yaml: fgsm on cnn is not in the cache .*: run the suite first"):
         next(cached_attack_sets(parser.parse_args([]), Cache(tmp_path / "empty-cache")))
+
+
+@pytest.mark.parametrize("script", ["reports/lid-diagnosis/ma_protocol.py", "reports/baselines/kd_protocol.py"])
+def test_a_protocol_script_given_a_bad_suite_says_so_in_one_line(script, tmp_path):
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, script, "--suite", str(tmp_path / "nope.yaml")], cwd=REPO,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [f"advbench: error: {tmp_path / 'nope.yaml'}: no such suite file"]
 
 
 def test_threshold_rates_and_auroc_are_counted_exactly():

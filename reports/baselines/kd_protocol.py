@@ -39,7 +39,8 @@ from sklearn.linear_model import LogisticRegressionCV
 from sklearn.preprocessing import StandardScaler
 from torch import nn
 
-from advbench.rescore import add_run_arguments, cached_attack_sets, paired_difference, print_result, threshold_result
+from advbench.rescore import (add_run_arguments, cached_attack_sets, paired_difference, print_result, run_script,
+                              threshold_result)
 from advbench_detectors._features import penultimate
 from advbench_detectors.kd_bu import PAPER_CIFAR10_BANDWIDTH, dropout_modules, gaussian_kde_log_density
 
@@ -149,4 +150,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

@@ -35,7 +35,8 @@ import torch
 from sklearn.linear_model import LogisticRegressionCV
 from sklearn.preprocessing import MinMaxScaler
 
-from advbench.rescore import add_run_arguments, cached_attack_sets, paired_difference, print_result, threshold_result
+from advbench.rescore import (add_run_arguments, cached_attack_sets, paired_difference, print_result, run_script,
+                              threshold_result)
 from advbench_detectors.lid import Lid, lid_mle
 
 HERE = Path(__file__).resolve().parent
@@ -115,4 +116,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)
