@@ -5,6 +5,9 @@ The two runs attack different victims (alexnet trained two ways), so their adver
 difference is unpaired: its 95% interval combines the two DeLong intervals as independent normal errors, which
 is conservative where the runs share their benign images. From the repository root, after both runs:
     python reports/baselines/review-recipe/compare.py
+Any two runs of one suite shape, e.g. FGSM at 8/255 rounded against ART's 8/256 unrounded (../fgsm-art/):
+    python reports/baselines/review-recipe/compare.py --theirs reports/baselines/fgsm-art/results.json \
+        --ours-protocols --labels "8/255 rounded" "8/256 unrounded"
 """
 
 from __future__ import annotations
@@ -55,23 +58,27 @@ def main() -> None:
                         default=[HERE.parent / "kd_protocol.json", HERE.parent / "fit-size" / "ma_protocol.json"])
     parser.add_argument("--theirs-protocols", type=Path, nargs="*",
                         default=[HERE / "kd_protocol.json", HERE / "ma_protocol.json"])
+    parser.add_argument("--labels", nargs=2, default=["our recipe", "the review's"], metavar=("OURS", "THEIRS"))
     args = parser.parse_args()
+    first, second = args.labels
     ours_run, ours = rows(args.ours)
     theirs_run, theirs = rows(args.theirs)
     accuracy = lambda run: ", ".join(f"{v['clean_accuracy']:.2%}" for v in run["victims"].values())  # noqa: E731
-    print(f"clean accuracy: our recipe {accuracy(ours_run)}, the review's {accuracy(theirs_run)}")
-    for run, label in ((ours_run, "our recipe"), (theirs_run, "the review's")):
+    print(f"clean accuracy: {first} {accuracy(ours_run)}, {second} {accuracy(theirs_run)}")
+    for run, label in ((ours_run, first), (theirs_run, second)):
         print(f"{label}: " + ", ".join(f"{a['attack']} {a['n_success']} of {a['n']} (correct inputs "
                                        f"{a['success_rate_correct']:.3f})" for a in run["attacks"]))
-    print("| detector | attack | AUROC, our recipe | AUROC, the review's | difference | TPR at the calibrated 5% "
-          "threshold (FPR on the evaluation images), our recipe | the same, the review's |")
+    print(f"| detector | attack | AUROC, {first} | AUROC, {second} | difference | TPR at the calibrated 5% "
+          f"threshold (FPR on the evaluation images), {first} | the same, {second} |")
     print("|---|---|---|---|---|---|---|")
     for key in sorted(set(ours) & set(theirs)):
         a, b = ours[key], theirs[key]
         print(f"| {key[0]} | {key[1]} | {auroc_text(a)} | {auroc_text(b)} | {difference_text(a, b)} | "
               f"{tpr_text(a)} | {tpr_text(b)} |")
+    if not args.ours_protocols:
+        return
     print()
-    print("| scored as the review's code scores it | attack | our recipe | the review's | difference |")
+    print(f"| scored as the review's code scores it | attack | {first} | {second} | difference |")
     print("|---|---|---|---|---|")
     for ours_file, theirs_file in zip(args.ours_protocols, args.theirs_protocols):
         detector = "kd-bu" if "kd" in ours_file.name else "lid"
