@@ -16,7 +16,7 @@ from advbench.results import SCHEMA_VERSION, Results, json_schema, validate_resu
 from conftest import REPO, load_results
 
 SCHEMA_FILE = REPO / "docs" / "results.schema.json"
-REPORTS = sorted(REPO.glob("reports/*/results.json"))
+REPORTS = sorted(REPO.glob("reports/**/results.json"))  # sub-runs beside a report too
 REGENERATE = "python -m advbench.results > docs/results.schema.json"
 
 
