@@ -60,3 +60,21 @@ def test_threshold_rates_and_auroc_are_counted_exactly():
     assert (out["n_benign"], out["n_adversarial"]) == (4, 3)
     lo, hi = out["dr_ci"]
     assert lo < 2 / 3 < hi
+
+
+def test_the_recipe_comparison_reads_the_committed_runs_and_names_a_missing_file(tmp_path):
+    import subprocess
+    import sys
+
+    script = "reports/baselines/review-recipe/compare.py"
+    proc = subprocess.run([sys.executable, script], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    # the README's row, recomputed from the two committed results.json files
+    assert ("| kd-bu | fgsm | 0.577 [0.55, 0.60] | 0.596 [0.57, 0.62] | +0.019 [-0.018, +0.056] |"
+            in proc.stdout)
+    missing = tmp_path / "results.json"
+    proc = subprocess.run([sys.executable, script, "--theirs", str(missing)], cwd=REPO, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        f"advbench: error: {missing}: no such file: run the command it comes from first (see this script's help)"]

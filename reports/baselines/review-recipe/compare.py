@@ -17,13 +17,25 @@ import json
 import math
 from pathlib import Path
 
+from advbench.errors import AdvbenchError
 from advbench.metrics import Z95
+from advbench.rescore import run_script
 
 HERE = Path(__file__).resolve().parent
 
 
+def read_json(path: Path) -> object:
+    """A results.json or protocol JSON; a missing or unreadable one is an AdvbenchError (one line, exit 2)."""
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise AdvbenchError(f"{path}: no such file: run the command it comes from first (see this script's help)")
+    except (OSError, ValueError) as exc:
+        raise AdvbenchError(f"{path}: not a readable JSON file ({exc})")
+
+
 def rows(path: Path) -> tuple[dict, dict[tuple[str, str], dict]]:
-    run = json.loads(path.read_text())
+    run = read_json(path)
     picked = {(d["detector"], d["attack"]): d for d in run["detection"]
               if d["population"] == "successful" and d["protocol"] == "seen" and d["source"] == d["target"]}
     return run, picked
@@ -61,6 +73,9 @@ def main() -> None:
     parser.add_argument("--labels", nargs=2, default=["our recipe", "the review's"], metavar=("OURS", "THEIRS"))
     args = parser.parse_args()
     first, second = args.labels
+    if args.ours_protocols and len(args.ours_protocols) != len(args.theirs_protocols):
+        raise AdvbenchError(f"--ours-protocols and --theirs-protocols: {len(args.ours_protocols)} and "
+                            f"{len(args.theirs_protocols)} files; give one of each per protocol, in the same order")
     ours_run, ours = rows(args.ours)
     theirs_run, theirs = rows(args.theirs)
     accuracy = lambda run: ", ".join(f"{v['clean_accuracy']:.2%}" for v in run["victims"].values())  # noqa: E731
@@ -82,8 +97,8 @@ def main() -> None:
     print("|---|---|---|---|---|")
     for ours_file, theirs_file in zip(args.ours_protocols, args.theirs_protocols):
         detector = "kd-bu" if "kd" in ours_file.name else "lid"
-        theirs_rows = {(r["attack"], r["protocol"]): r for r in json.loads(theirs_file.read_text())}
-        for a in json.loads(ours_file.read_text()):
+        theirs_rows = {(r["attack"], r["protocol"]): r for r in read_json(theirs_file)}
+        for a in read_json(ours_file):
             b = theirs_rows.get((a["attack"], a["protocol"]))
             if b is not None:
                 print(f"| {detector}, {a['protocol']} | {a['attack']} | {protocol_text(a)} | {protocol_text(b)} | "
@@ -91,4 +106,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)
