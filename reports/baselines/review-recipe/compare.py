@@ -53,7 +53,9 @@ def tpr_text(row: dict) -> str:
 
 def protocol_text(row: dict) -> str:
     """A row of kd_protocol.json or ma_protocol.json: AUROC, and DR and FPR at the regression's 0.5."""
-    return f"{auroc_text(row)}; DR {row['dr']:.2f} at FPR {row['fpr']:.3f}"
+    (dr_low, dr_high), (fpr_low, fpr_high) = row["dr_ci"], row["fpr_ci"]
+    return (f"{auroc_text(row)}; DR {row['dr']:.2f} [{dr_low:.2f}, {dr_high:.2f}] at FPR {row['fpr']:.3f} "
+            f"[{fpr_low:.3f}, {fpr_high:.3f}]")
 
 
 def difference_text(first: dict, second: dict) -> str:
